@@ -1,0 +1,47 @@
+"""Sharding within a worker: 1, 2 and 4 CPU devices give equal logits and neurons.
+
+XLA's host device count must be set before jax starts, so the check runs in a subprocess.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import os, json, sys, tempfile
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import numpy as np, jax
+    import jaxvalues as jv
+    from jaxvalues.testing import tiny_hf_model
+    from jaxvalues.sharding import make_mesh, shard_model, batch_sharding, intervention_sharding
+    assert len(jax.devices()) == 4
+    d = tempfile.mkdtemp(); tiny_hf_model("qwen2", d)
+    ids = np.random.RandomState(0).randint(0, 211, (4, 64)); mask = np.ones_like(ids); mask[1, :9] = 0
+    iv = jv.Intervention.zero({0: [1, 2, 3], 2: [50]})
+    base = jv.load_model(d).forward(ids, mask, intervention=iv, capture_neurons=True)
+    out = {}
+    for data, model in [(1, 1), (2, 1), (4, 1), (2, 2), (1, 4)]:
+        lm = shard_model(jv.load_model(d), make_mesh(data, model))
+        bs = batch_sharding(lm.mesh, 2)
+        mult, add = (jax.device_put(a, intervention_sharding(lm.mesh, lm.config, 2)) for a in lm.intervention_arrays(iv))
+        o = lm.forward(jax.device_put(ids, bs), jax.device_put(mask, bs), intervention=(mult, add), capture_neurons=True)
+        out[f"{data}x{model}"] = dict(
+            logits=float(np.abs(np.asarray(o.logits) - np.asarray(base.logits)).max()),
+            neurons=float(np.abs(np.asarray(o.neurons) - np.asarray(base.neurons)).max()),
+            spec=str(o.logits.sharding.spec))
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_sharded_forward_matches_single_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.split("RESULT", 1)[1])
+    for key in ("1x1", "2x1", "4x1"):  # pure data parallel: each row computed alone, bit-identical
+        assert res[key]["logits"] == 0.0 and res[key]["neurons"] == 0.0, (key, res[key])
+    for key in ("2x2", "1x4"):  # tensor parallel: matmul sums split across devices
+        assert res[key]["logits"] <= 1e-5 and res[key]["neurons"] <= 1e-5, (key, res[key])
+    assert "data" in res["4x1"]["spec"]
