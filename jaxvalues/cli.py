@@ -16,14 +16,13 @@ from jaxvalues.errors import JaxValuesError
 # module path -> it defines `register(subparsers)`; imported lazily so `jaxvalues --help` is fast
 # and a missing optional dependency in one command does not break the others.
 _COMMAND_MODULES = (
-    "jaxvalues.models.cli",
+    "jaxvalues.zoo.cli",  # `models list|fetch|path`
     "jaxvalues.data.cli",
     "jaxvalues.stats.cli",
     "jaxvalues.identify.cli",
     "jaxvalues.evaluate.cli",
-    "jaxvalues.zoo.cli",
-    "jaxvalues.pipeline.cli",
-    "jaxvalues.validate_cli",
+    "jaxvalues.pipeline.cli",  # `run`
+    "jaxvalues.validate",  # `validate`
 )
 
 
@@ -37,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("jaxvalues"):
-                continue  # a subcommand module not written yet
+            if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+                continue  # an optional command package that is not installed
             raise
         mod.register(sub)
     return parser
