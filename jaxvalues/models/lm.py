@@ -87,7 +87,10 @@ class LanguageModel:
         """Tokenize a batch with the model's tokenizer -> (ids [B, S] int32, mask [B, S])."""
         if self.tokenizer is None:
             raise JaxValuesError("this model has no tokenizer: pass token ids instead of text")
-        enc = [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
+        bos = getattr(self.tokenizer, "bos_token", None)
+        # chat-templated text often starts with the BOS token already: never add a second one
+        enc = [self.tokenizer(t, add_special_tokens=add_special_tokens and not (bos and t.startswith(bos)))["input_ids"]
+               for t in texts]
         return pad_batch(enc, self.pad_id, padding_side)
 
     @property
