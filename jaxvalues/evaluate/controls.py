@@ -1,0 +1,238 @@
+"""Intervention modes, random controls, size sweeps and the value-leakage matrix.
+
+Conventions:
+- A neuron map is {layer: [neuron, ...]} (ints); `counts(map)` = {layer: how many}.
+- Modes (`make_intervention`): "zero" (act' = 0), "mean" (act' = the neuron's collected mean,
+  an [L, N] array, e.g. `pooled_means(stats)`), "scale" (act' = γ·act; γ > 1 amplifies),
+  "steer" (the authors': ×`gain` (5) on support-only neurons, 0 on conflict-only neurons;
+  neurons in both sets are left alone).
+- Random control (`random_like`): draw r of R (default 20) picks, in every layer, as many
+  neurons as the targeted map has there, uniformly without replacement, by default outside
+  the targeted neurons. Draw r uses `np.random.default_rng([seed, r])`: reproducible from the
+  seed alone and independent of R. For steer, one draw of the union's per-layer counts is split
+  at random into a support part and a conflict part of the original per-layer sizes.
+- Control comparison (`control_report`): target effect t, control effects c_1..c_R:
+  mean, sd (ddof=1), z = (t − mean) / sd, empirical two-sided p = (1 + #{|c_r| ≥ |t|}) / (R + 1).
+- Size sweep (`top_fraction`): the max(1, round(f·L·N)) neurons with the lowest score (e.g. VAPE
+  entropy; +inf/NaN = not a candidate), ties broken by (layer, neuron) order.
+- Leakage (`leakage_matrix`): M[v, u] = mean change of `metric` on value u's dilemmas when
+  value v's neurons are intervened on (rows: intervened value, columns: evaluated value).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from jaxvalues.errors import ConfigError, JaxValuesError
+from jaxvalues.models.intervention import Intervention
+
+MODES = ("zero", "mean", "scale", "steer")
+SWEEP_FRACTIONS = (0.001, 0.005, 0.01, 0.02, 0.05)
+
+
+def normalize_map(neurons: Mapping) -> dict[int, list[int]]:
+    """{layer: neurons} with int keys, sorted unique ints, empty layers dropped."""
+    out = {}
+    for layer, idx in neurons.items():
+        idx = sorted({int(n) for n in np.asarray(list(idx), dtype=np.int64).ravel()})
+        if idx:
+            out[int(layer)] = idx
+    return dict(sorted(out.items()))
+
+
+def counts(neurons: Mapping) -> dict[int, int]:
+    return {l: len(v) for l, v in normalize_map(neurons).items()}
+
+
+def total(neurons: Mapping) -> int:
+    return sum(counts(neurons).values())
+
+
+def _minus(a: Mapping, b: Mapping) -> dict[int, list[int]]:
+    b = normalize_map(b)
+    return normalize_map({l: sorted(set(v) - set(b.get(l, ()))) for l, v in normalize_map(a).items()})
+
+
+def steer_intervention(support: Mapping, conflict: Mapping, gain: float = 5.0) -> Intervention:
+    """×gain on support-only neurons, 0 on conflict-only neurons (the authors' steering)."""
+    up, down = _minus(support, conflict), _minus(conflict, support)
+    return Intervention.scale(up, gain, label=f"steer{gain:g}+") | Intervention.zero(down, label="steer0")
+
+
+def make_intervention(neurons: Mapping, mode: str = "zero", *, gamma: float | None = None, means=None,
+                      conflict: Mapping | None = None, gain: float = 5.0) -> Intervention:
+    """One intervention of `mode` on `neurons` (for "steer": neurons = support set + `conflict`)."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    nm = normalize_map(neurons)
+    if mode == "zero":
+        return Intervention.zero(nm)
+    if mode == "scale":
+        if gamma is None:
+            raise ConfigError("mode 'scale' needs gamma (e.g. --gamma 2 to amplify, 0.5 to damp)")
+        return Intervention.scale(nm, gamma)
+    if mode == "mean":
+        if means is None:
+            raise ConfigError("mode 'mean' needs the per-neuron means [L, N] from collected statistics")
+        return Intervention.set(nm, np.asarray(means, np.float32), label="mean")
+    if conflict is None:
+        raise ConfigError("mode 'steer' needs both a support and a conflict neuron set")
+    return steer_intervention(nm, conflict, gain)
+
+
+def pooled_means(stats) -> np.ndarray:
+    """[L, N] float32 per-neuron mean activation over all conditions' tokens.
+
+    Accepts a NeuronStats-like object (`sum` [C, L, N], `tokens` [C]) or an [L, N] array."""
+    if hasattr(stats, "sum") and hasattr(stats, "tokens") and not isinstance(stats, np.ndarray):
+        s, t = np.asarray(stats.sum, np.float64), np.asarray(stats.tokens, np.float64)
+        if s.ndim != 3 or t.shape != (s.shape[0],):
+            raise JaxValuesError(f"statistics: expected sum [C, L, N] and tokens [C], got {s.shape} and {t.shape}")
+        if t.sum() <= 0:
+            raise JaxValuesError("statistics: no tokens were collected, so there are no means")
+        return (s.sum(0) / t.sum()).astype(np.float32)
+    arr = np.asarray(stats, np.float32)
+    if arr.ndim != 2:
+        raise JaxValuesError(f"means must be an [L, N] array, got shape {arr.shape}")
+    return arr
+
+
+# ------------------------------------------------------------------------------ random controls
+
+
+def random_like(neurons: Mapping, num_neurons: int, draws: int = 20, seed: int = 0, *,
+                exclude: Mapping | None = None, exclude_targeted: bool = True) -> list[dict[int, list[int]]]:
+    """`draws` random maps with the same per-layer counts as `neurons` (see module docstring)."""
+    cnt = counts(neurons)
+    avoid = normalize_map(neurons) if exclude_targeted else {}
+    if exclude:
+        avoid = normalize_map({l: set(avoid.get(l, ())) | set(normalize_map(exclude).get(l, ()))
+                               for l in set(avoid) | set(normalize_map(exclude))})
+    out = []
+    for r in range(int(draws)):
+        rng = np.random.default_rng([int(seed), r])
+        m = {}
+        for layer, k in cnt.items():
+            pool = np.setdiff1d(np.arange(num_neurons), np.asarray(avoid.get(layer, []), np.int64))
+            if k > len(pool):
+                raise ConfigError(f"layer {layer}: cannot draw {k} random neurons from the {len(pool)} "
+                                  f"not targeted (num_neurons={num_neurons})")
+            m[layer] = sorted(int(x) for x in rng.choice(pool, size=k, replace=False))
+        out.append(m)
+    return out
+
+
+def random_steer_like(support: Mapping, conflict: Mapping, num_neurons: int, draws: int = 20,
+                      seed: int = 0) -> list[tuple[dict, dict]]:
+    """Random (support, conflict) pairs matching the per-layer sizes of support-only and conflict-only."""
+    up, down = _minus(support, conflict), _minus(conflict, support)
+    union = normalize_map({l: up.get(l, []) + down.get(l, []) for l in set(up) | set(down)})
+    both = normalize_map({l: set(normalize_map(support).get(l, ())) | set(normalize_map(conflict).get(l, ()))
+                          for l in set(normalize_map(support)) | set(normalize_map(conflict))})
+    out = []
+    for r, m in enumerate(random_like(union, num_neurons, draws, seed, exclude=both)):
+        rng = np.random.default_rng([int(seed), r, 1])
+        s, c = {}, {}
+        for layer, idx in m.items():
+            idx = list(rng.permutation(idx))
+            k = len(up.get(layer, []))
+            s[layer], c[layer] = sorted(int(x) for x in idx[:k]), sorted(int(x) for x in idx[k:])
+        out.append((normalize_map(s), normalize_map(c)))
+    return out
+
+
+def control_report(target: float, controls) -> dict:
+    """Targeted effect against R control effects: mean, sd, z, empirical two-sided p."""
+    c = np.asarray(controls, np.float64)
+    c = c[~np.isnan(c)]
+    r = len(c)
+    mean = float(c.mean()) if r else float("nan")
+    sd = float(c.std(ddof=1)) if r > 1 else float("nan")
+    z = (target - mean) / sd if r > 1 and sd > 0 else float("nan")
+    p = (1 + int(np.sum(np.abs(c) >= abs(target)))) / (r + 1) if r else float("nan")
+    return {"target": float(target), "control_mean": mean, "control_sd": sd, "z": float(z), "p_empirical": float(p),
+            "num_controls": r}
+
+
+# ------------------------------------------------------------------------------------ size sweep
+
+
+def top_fraction(scores, fraction: float) -> dict[int, list[int]]:
+    """The max(1, round(fraction·L·N)) lowest-scoring neurons of an [L, N] score array (inf/NaN excluded)."""
+    s = np.asarray(scores, np.float64)
+    if s.ndim != 2:
+        raise JaxValuesError(f"scores must be [L, N], got shape {s.shape}")
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
+    k = max(1, int(round(fraction * s.size)))
+    flat = np.where(np.isfinite(s), s, np.inf).ravel()
+    order = np.argsort(flat, kind="stable")[:k]
+    order = order[np.isfinite(flat[order])]
+    layers, idx = np.divmod(order, s.shape[1])
+    out: dict[int, list[int]] = {}
+    for l, n in zip(layers.tolist(), idx.tolist()):
+        out.setdefault(int(l), []).append(int(n))
+    return normalize_map(out)
+
+
+def sweep_conditions(scores, fractions=SWEEP_FRACTIONS, mode: str = "zero", draws: int = 0, seed: int = 0,
+                     **mode_kw) -> dict[str, Intervention]:
+    """Named conditions "top@{f}" (and "random@{f}#{r}") for a size sweep, all to run in one batch."""
+    num_neurons = np.asarray(scores).shape[1]
+    out = {}
+    for f in fractions:
+        m = top_fraction(scores, f)
+        out[f"top@{f:g}"] = make_intervention(m, mode, **mode_kw)
+        for r, rm in enumerate(random_like(m, num_neurons, draws, seed)):
+            out[f"random@{f:g}#{r:02d}"] = make_intervention(rm, mode, **mode_kw)
+    return out
+
+
+# -------------------------------------------------------------------------------------- leakage
+
+
+def leakage_matrix(table, conditions: Mapping[str, str], baseline: str = "baseline", metric: str = "p_aligned",
+                   values=None):
+    """[V_int, V_eval] DataFrame: mean paired change of `metric` on each value's dilemmas.
+
+    `conditions`: condition name -> the value whose neurons it intervenes on."""
+    import pandas as pd
+
+    from jaxvalues.evaluate.metrics import paired
+
+    df = paired(table, baseline, (metric,))
+    df = df.assign(_delta=df[metric] - df[f"{metric}_base"])
+    vals = list(values) if values is not None else sorted(df["value"].unique())
+    rows = {}
+    for cond, v in conditions.items():
+        sub = df[df["condition"] == cond]
+        if sub.empty:
+            raise JaxValuesError(f"leakage: no results for condition {cond!r}")
+        means = sub.groupby("value")["_delta"].mean()
+        rows[v] = [float(means.get(u, np.nan)) for u in vals]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=vals)
+
+
+def diagonal_dominance(matrix) -> dict:
+    """How much intervening on v moves v rather than the others (on |entries| of a square matrix).
+
+    diag_mean / offdiag_mean: mean |M[v, v]| and mean |M[v, u≠v]|; ratio = diag / offdiag;
+    rows_dominant: how many rows have their largest |entry| on the diagonal; per_value margin =
+    |M[v, v]| − max_u≠v |M[v, u]|."""
+    import pandas as pd
+
+    m = matrix if isinstance(matrix, pd.DataFrame) else pd.DataFrame(matrix)
+    shared = [v for v in m.index if v in m.columns]
+    if not shared:
+        raise JaxValuesError("leakage matrix has no value both as a row and as a column")
+    a = np.abs(m.loc[shared, shared].to_numpy(np.float64))
+    d = np.diag(a)
+    off = a[~np.eye(len(shared), dtype=bool)].reshape(len(shared), -1) if len(shared) > 1 else np.zeros((1, 0))
+    off_max = off.max(1) if off.shape[1] else np.zeros(len(shared))
+    diag_mean, off_mean = float(np.nanmean(d)), float(np.nanmean(off)) if off.size else float("nan")
+    return {"diag_mean": diag_mean, "offdiag_mean": off_mean,
+            "ratio": diag_mean / off_mean if off_mean and off_mean > 0 else float("nan"),
+            "rows_dominant": int(np.sum(d > off_max)), "num_values": len(shared),
+            "margin": {v: float(d[i] - off_max[i]) for i, v in enumerate(shared)}}

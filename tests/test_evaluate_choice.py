@@ -1,0 +1,163 @@
+"""Choice protocol on a tiny random model: parity with full-vocabulary softmax, order averaging,
+label tokens, batching and compilation behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxvalues as jv
+from jaxvalues.evaluate._testing import toy_model, toy_records
+from jaxvalues.evaluate.choice import (ChoicePrompts, ChoiceScorer, build_choice_prompts, choice_table,
+                                       evaluate_choice, p_aligned_rows)
+from jaxvalues.evaluate.controls import make_intervention
+from jaxvalues.models.intervention import Intervention
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return toy_model(tmp_path_factory.mktemp("choice_llama"))
+
+
+@pytest.fixture(scope="module")
+def prompts(lm):
+    return build_choice_prompts(toy_records(), lm.tokenizer)
+
+
+def _softmax_pair(full_logits, ids):
+    z = np.asarray(full_logits, np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    return p[ids[0]] / (p[ids[0]] + p[ids[1]])
+
+
+def _direct(lm, prompts, intervention=None):
+    """P(aligned) of every row from lm.forward's full-vocabulary logits at the last position."""
+    out = lm.forward(prompts.input_ids, prompts.attention_mask, intervention=intervention)
+    last = np.asarray(out.logits[:, -1])  # left-padded: the last position is the last real token
+    return np.array([_softmax_pair(last[r], prompts.label_ids[r]) for r in range(prompts.num_rows)])
+
+
+IV = Intervention.zero({0: [1, 5, 9], 2: [0, 40]}) | Intervention.scale({1: [3, 4, 77]}, 3.0)
+
+
+@pytest.mark.parametrize("intervention", [None, IV], ids=["none", "zero+scale"])
+def test_p_aligned_equals_full_softmax_from_forward(lm, prompts, intervention):
+    scorer = ChoiceScorer(lm, batch_size=4)
+    p = p_aligned_rows(scorer.logits(prompts, [intervention])[0])
+    np.testing.assert_allclose(p, _direct(lm, prompts, intervention), rtol=1e-5, atol=1e-6)
+    # and one prompt alone, without any padding
+    r = int(np.argmax(prompts.lengths))
+    alone = lm.forward(prompts.input_ids[r:r + 1], intervention=intervention).logits[0, -1]
+    assert p[r] == pytest.approx(_softmax_pair(np.asarray(alone), prompts.label_ids[r]), rel=1e-5)
+
+
+def test_both_order_average_is_exact(lm, prompts):
+    logits = ChoiceScorer(lm, batch_size=4).logits(prompts, [None])
+    table = choice_table(prompts, logits, ["baseline"])
+    p = p_aligned_rows(logits[0])
+    for d in range(len(prompts.meta)):
+        first = p[(prompts.dilemma == d) & (prompts.order == 0)][0]
+        second = p[(prompts.dilemma == d) & (prompts.order == 1)][0]
+        row = table.iloc[d]
+        assert row["p_aligned_first"] == first and row["p_aligned_second"] == second
+        assert row["p_aligned"] == (first + second) / 2
+        assert row["position_bias"] == (first - second) / 2
+        # position bias = mean P("A") - 0.5: aligned_first P(A) = first, aligned_second P(A) = 1 - second
+        assert row["position_bias"] == pytest.approx((first + (1 - second)) / 2 - 0.5, abs=1e-12)
+        assert row["chose_aligned"] == (row["p_aligned"] > 0.5)
+
+
+def test_label_tokens_are_the_next_token_for_a_word_tokenizer(lm, prompts):
+    tok = lm.tokenizer
+    a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
+    for r in range(prompts.num_rows):
+        aligned_is_a = prompts.order[r] == 0
+        assert tuple(prompts.label_ids[r]) == ((a, b) if aligned_is_a else (b, a))
+    # the label really is the token that follows the rendered prompt
+    from jaxvalues.data.prompts import LABEL_PREFIX, render_evaluation
+
+    for rec in toy_records():
+        r = render_evaluation(rec, tok, "aligned_first")
+        base = tok(r.text, add_special_tokens=r.add_special_tokens)["input_ids"]
+        full = tok(r.text + LABEL_PREFIX[rec.lang] + "A", add_special_tokens=r.add_special_tokens)["input_ids"]
+        assert full[: len(base)] == base and full[len(base)] == a
+
+
+def _bpe_tokenizer():
+    """A byte-level BPE trained offline on text where ' A', ' B' and 'A', 'B' follow the answer cues."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from jaxvalues.data.prompts import render_evaluation
+
+    texts = []
+    for rec in toy_records():
+        for order in ("aligned_first", "aligned_second"):
+            t = render_evaluation(rec, None, order, chat=False).text
+            texts += [t + (" A" if rec.lang == "en" else "A"), t + (" B" if rec.lang == "en" else "B")]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts * 20, trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def test_label_tokens_for_a_byte_level_bpe():
+    tok = _bpe_tokenizer()
+    pr = build_choice_prompts(toy_records(), tok)
+    for r in range(pr.num_rows):
+        lang = pr.meta[pr.dilemma[r]]["lang"]
+        aligned = "A" if pr.order[r] == 0 else "B"
+        violating = "B" if aligned == "A" else "A"
+        prefix = " " if lang == "en" else ""
+        assert tok.decode([int(pr.label_ids[r, 0])]) == prefix + aligned
+        assert tok.decode([int(pr.label_ids[r, 1])]) == prefix + violating
+
+
+def test_identity_interventions_equal_no_intervention(lm, prompts):
+    ident = [None, Intervention.none(), Intervention.zero({}), Intervention.scale({0: [1, 2], 2: [5]}, 1.0),
+             make_intervention({1: [3]}, "scale", gamma=1.0)]
+    out = ChoiceScorer(lm, batch_size=4).logits(prompts, ident)
+    for c in range(1, len(ident)):
+        np.testing.assert_array_equal(out[c], out[0])
+
+
+def test_batched_conditions_equal_one_at_a_time(lm, prompts):
+    conds = [None, IV, Intervention.zero({0: list(range(40))}), Intervention.scale({2: [7, 8]}, 5.0)]
+    scorer = ChoiceScorer(lm, batch_size=4)
+    together = scorer.logits(prompts, conds)
+    for c, iv in enumerate(conds):
+        alone = scorer.logits(prompts, [iv])[0]
+        np.testing.assert_allclose(together[c], alone, rtol=1e-5, atol=1e-6)
+    # and it matters: the interventions do change the logits
+    assert not np.allclose(together[0], together[2])
+
+
+def test_no_recompilation_across_conditions(lm, prompts):
+    scorer = ChoiceScorer(lm, batch_size=3, seq_multiple=128)  # every toy prompt in one length bucket
+    start = scorer.compilations()  # the program is shared by all scorers of this model
+    scorer.logits(prompts, [None])
+    before = scorer.compilations()
+    assert before == start + 1
+    rng = np.random.default_rng(0)
+    for k in (1, 3, 7):
+        conds = [Intervention.zero({int(l): rng.choice(96, size=k, replace=False).tolist()}) for l in range(3)]
+        conds += [Intervention.scale({0: [k]}, 2.0 * k), None]
+        scorer.logits(prompts, conds)
+    assert scorer.compilations() == before
+
+
+def test_evaluate_choice_table_shape(lm, prompts):
+    t = evaluate_choice(lm, prompts, {"baseline": None, "zero": IV}, batch_size=4)
+    assert len(t) == 2 * len(prompts.meta)
+    assert set(t.columns) >= {"condition", "record_id", "value", "lang", "p_aligned", "position_bias",
+                              "chose_aligned"}
+    assert t["p_aligned"].between(0, 1).all()
+
+
+def test_right_padded_prompts_are_rejected():
+    with pytest.raises(jv.JaxValuesError, match="left-padded"):
+        ChoicePrompts(np.zeros((1, 3), np.int32), np.array([[1, 1, 0]]), np.zeros((1, 2), np.int32),
+                      np.zeros(1, np.int64), np.zeros(1, np.int64), [{"record_id": "x"}])
