@@ -1,0 +1,37 @@
+"""Activation statistics: exact accumulators and streaming collection (reduced inside jit).
+
+    from jaxvalues.stats import collect, collect_records, NeuronStats, save_stats, load_stats
+    stats = collect_records(lm, records, scheme="values", token_selection="rationale")
+    stats.probs()   # [C, L, N] float64 = P(act > 0) per condition
+
+Names are imported lazily so that `jaxvalues --help` (which imports `jaxvalues.stats.cli`)
+does not import JAX.
+"""
+
+from __future__ import annotations
+
+_LAZY = {
+    "NeuronStats": "jaxvalues.stats.accumulator",
+    "Partial": "jaxvalues.stats.accumulator",
+    "merge_all": "jaxvalues.stats.accumulator",
+    "reduce_acts": "jaxvalues.stats.accumulator",
+    "TokenizedExample": "jaxvalues.stats.batching",
+    "plan_batches": "jaxvalues.stats.batching",
+    "collect": "jaxvalues.stats.collect",
+    "collect_records": "jaxvalues.stats.records",
+    "examples_from_records": "jaxvalues.stats.records",
+    "condition_names": "jaxvalues.stats.records",
+    "save_stats": "jaxvalues.stats.checkpoint",
+    "load_stats": "jaxvalues.stats.checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxvalues.stats' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,128 @@
+"""Tokenized examples, token selection and length-bucketed batch plans for collection.
+
+Conventions:
+- A `TokenizedExample` is one sequence: `ids` [S] int32, `condition` (index into the condition
+  names given to `collect`), optional `mask` [S] bool marking a segment (e.g. the rationale
+  tokens) and an `id` for reports.
+- Token selection: "all" counts every token; "rationale" (alias "mask") counts the tokens of the
+  example's `mask`; "last_k" counts the last k tokens of the sequence.
+- Batches hold rows of ONE condition, so a batch reduces to one [L, N] partial on device and
+  never to [C, L, N]. Examples are sorted by (condition, bucket, length); the sequence length of
+  a batch is the smallest bucket size >= its longest row (default sizes 32·2^k and 48·2^k: at
+  most 1.5× padding, two compilations per octave); rows per batch = min(batch_size,
+  max_tokens // bucket), and a last partial batch is filled with empty rows (count mask 0), so
+  batch shapes come from a small fixed set. Rows are right-padded; padding never counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from jaxvalues.errors import ConfigError, JaxValuesError
+from jaxvalues.stats.accumulator import MAX_BATCH_TOKENS
+
+SELECTIONS = ("all", "rationale", "mask", "last_k")
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    ids: np.ndarray  # [S] int32
+    condition: int
+    mask: np.ndarray | None = None  # [S] bool segment mask (rationale tokens), None = none given
+    id: str = ""
+
+    def __len__(self):
+        return int(len(self.ids))
+
+
+def default_buckets(max_len: int) -> list[int]:
+    out, base = [], 32
+    while not out or out[-1] < max_len:
+        out += [base, base * 3 // 2]
+        base *= 2
+    return out
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if b >= n:
+            return int(b)
+    raise ConfigError(f"a sequence of {n} tokens is longer than the largest bucket ({max(buckets)})")
+
+
+def count_mask(ex: TokenizedExample, selection: str, k: int = 16) -> np.ndarray:
+    """[S] bool: the tokens of `ex` whose activations are counted."""
+    n = len(ex)
+    if selection == "all":
+        return np.ones(n, bool)
+    if selection in ("rationale", "mask"):
+        if ex.mask is None:
+            raise JaxValuesError(f"token_selection={selection!r} needs a token mask per example; example "
+                                 f"{ex.id or '?'} has none")
+        m = np.asarray(ex.mask, bool)
+        if m.shape != (n,):
+            raise JaxValuesError(f"example {ex.id or '?'}: mask has shape {m.shape}, ids have ({n},)")
+        return m
+    if selection == "last_k":
+        if k < 1:
+            raise ConfigError(f"last_k needs k >= 1, got {k}")
+        m = np.zeros(n, bool)
+        m[max(0, n - k):] = True
+        return m
+    raise ConfigError(f"unknown token selection {selection!r}; expected one of {', '.join(SELECTIONS)}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    condition: int
+    indices: tuple[int, ...]  # example indices (len <= rows)
+    rows: int  # batch dimension B (static)
+    seq_len: int  # S (static)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.seq_len)
+
+
+def plan_batches(lengths: Sequence[int], conditions: Sequence[int], batch_size: int,
+                 max_tokens: int = MAX_BATCH_TOKENS, buckets: Sequence[int] | None = None) -> list[Batch]:
+    """Deterministic length-bucketed plan; see the module docstring."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    max_tokens = min(int(max_tokens), MAX_BATCH_TOKENS)
+    lengths = np.asarray(lengths, np.int64)
+    if len(lengths) == 0:
+        return []
+    buckets = sorted(buckets or default_buckets(int(lengths.max())))
+    if buckets[-1] > max_tokens and lengths.max() > max_tokens:
+        raise ConfigError(f"a sequence of {int(lengths.max())} tokens exceeds max_tokens={max_tokens}")
+    blen = np.array([bucket_length(int(n), buckets) for n in lengths])
+    order = np.lexsort((np.arange(len(lengths)), lengths, blen, np.asarray(conditions)))
+    batches: list[Batch] = []
+    i = 0
+    while i < len(order):
+        c, s = int(conditions[order[i]]), int(blen[order[i]])
+        rows = max(1, min(batch_size, max_tokens // s))
+        j = i
+        while j < len(order) and j - i < rows and int(conditions[order[j]]) == c and blen[order[j]] == s:
+            j += 1
+        batches.append(Batch(c, tuple(int(x) for x in order[i:j]), rows, s))
+        i = j
+    return batches
+
+
+def assemble(batch: Batch, ids: Sequence[np.ndarray], counts: Sequence[np.ndarray], pad_id: int):
+    """-> (ids [B, S] int32, attention [B, S] int32, count [B, S] int32), right-padded."""
+    b, s = batch.shape
+    out_ids = np.full((b, s), pad_id, np.int32)
+    attn = np.zeros((b, s), np.int32)
+    cnt = np.zeros((b, s), np.int32)
+    for r, i in enumerate(batch.indices):
+        n = len(ids[i])
+        out_ids[r, :n] = ids[i]
+        attn[r, :n] = 1
+        cnt[r, :n] = counts[i]
+    return out_ids, attn, cnt

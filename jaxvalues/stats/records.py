@@ -1,0 +1,107 @@
+"""Activation records -> `TokenizedExample`s (via jaxvalues.data.prompts) and `collect_records`.
+
+Condition schemes:
+- "values": 12 conditions, the value ids in the authors' order (`jaxvalues.data.values`); each
+  activation record is rendered with its aligned action + rationale; its segment mask is the
+  rationale tokens.
+- "stance": 24 conditions "{value}-support" / "{value}-conflict" (the authors' later variant):
+  the record rendered with the aligned action (+ rationale) and, when it has a violating
+  action, with the violating action. The segment mask is the answer (action + rationale). The
+  authors used the model's own generated answers; here the dataset's actions stand in for them.
+Every condition is listed even without data (the statistics then report it as having no data).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+from jaxvalues.errors import ConfigError, JaxValuesError
+from jaxvalues.stats.batching import TokenizedExample
+
+SCHEMES = ("values", "stance")
+
+
+def condition_names(scheme: str = "values") -> tuple[str, ...]:
+    from jaxvalues.data.values import VALUE_IDS
+
+    if scheme == "values":
+        return tuple(VALUE_IDS)
+    if scheme == "stance":
+        return tuple(f"{v}-{s}" for v in VALUE_IDS for s in ("support", "conflict"))
+    raise ConfigError(f"unknown condition scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+
+
+def interleave_by_value(records: Sequence, limit: int | None = None) -> list:
+    """Round-robin over values (stable within a value), so `limit` keeps every value represented."""
+    groups = defaultdict(list)
+    for r in records:
+        groups[r.value].append(r)
+    out, queues = [], [list(g) for g in groups.values()]
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out if limit is None else out[:limit]
+
+
+def _encode(rendered, tokenizer, segments: Sequence[str] | None):
+    if segments is None:
+        ids = tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]
+        return np.asarray(ids, np.int32), None
+    from jaxvalues.data.prompts import token_masks
+
+    enc = token_masks(rendered, tokenizer)
+    mask = np.zeros(len(enc.input_ids), bool)
+    for seg in segments:
+        if seg in enc.masks:
+            mask |= enc.masks[seg]
+    return enc.input_ids, mask
+
+
+def examples_from_records(records: Sequence, tokenizer, scheme: str = "values", *, masks: bool = True,
+                          chat: bool | None = None) -> tuple[list[TokenizedExample], tuple[str, ...]]:
+    """Render and tokenize activation records. masks=False skips the offset mapping (when the
+    token selection is "all" or "last_k"). Returns (examples, condition names)."""
+    from jaxvalues.data.prompts import render_activation
+    from jaxvalues.data.values import VALUE_IDS
+
+    if tokenizer is None:
+        raise ConfigError("collecting from records needs the model's tokenizer (this model has none); "
+                          "pass pre-tokenized examples instead")
+    names = condition_names(scheme)
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for rec in records:
+        if getattr(rec, "kind", "activation") != "activation":
+            continue
+        if rec.value not in VALUE_IDS:
+            raise JaxValuesError(f"record {rec.id!r}: unknown value {rec.value!r}")
+        if scheme == "values":
+            r = render_activation(rec, tokenizer, chat=chat, action="aligned")
+            ids, m = _encode(r, tokenizer, ["rationale"] if masks else None)
+            out.append(TokenizedExample(ids, index[rec.value], m, rec.id))
+            continue
+        for stance, action in (("support", "aligned"), ("conflict", "violating")):
+            if action == "violating" and not getattr(rec, "violating_action", None):
+                continue
+            r = render_activation(rec, tokenizer, chat=chat, action=action)
+            ids, m = _encode(r, tokenizer, ["action", "rationale"] if masks else None)
+            out.append(TokenizedExample(ids, index[f"{rec.value}-{stance}"], m, f"{rec.id}:{stance}"))
+    if not out:
+        raise JaxValuesError("no activation records to collect from (the dataset is empty after filtering?)")
+    return out, names
+
+
+def collect_records(lm, records: Sequence, *, scheme: str = "values", token_selection: str = "all", k: int = 16,
+                    batch_size: int = 16, chat: bool | None = None, progress: bool = False, **kw):
+    """`collect` over activation records rendered with the model's tokenizer."""
+    from jaxvalues.stats.collect import collect
+
+    examples, names = examples_from_records(records, lm.tokenizer, scheme,
+                                            masks=token_selection in ("rationale", "mask"), chat=chat)
+    meta = {"scheme": scheme, "records": len(records)}
+    return collect(lm, examples, names, token_selection=token_selection, k=k, batch_size=batch_size,
+                   progress=progress, meta=meta, **kw)

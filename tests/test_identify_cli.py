@@ -1,0 +1,78 @@
+"""`jaxvalues identify` smoke tests: vape / contrast on saved statistics, attribution / mask on a tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxvalues.cli import main
+from jaxvalues.identify.neuronset import NeuronSet
+from jaxvalues.stats.accumulator import NeuronStats
+from jaxvalues.stats.checkpoint import save_stats
+
+
+@pytest.fixture(scope="module")
+def stats_dirs(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("identify_cli")
+    values = NeuronStats.zeros(["prosperity", "democracy", "civility", "harmony"], 2, 50)
+    for c in range(3):  # harmony: no data
+        x = rng.standard_normal((2, 64, 50)).astype(np.float32) - 0.3
+        x[:, :, 5 * c:5 * c + 5] += 2.0
+        values.add_activations(c, x)
+    stance = NeuronStats.zeros(["integrity-support", "integrity-conflict"], 2, 50)
+    for c in range(2):
+        x = rng.standard_normal((2, 64, 50)).astype(np.float32) - 0.3
+        x[:, :, 10 * c:10 * c + 3] += 2.0
+        stance.add_activations(c, x)
+    return save_stats(values, root / "values"), save_stats(stance, root / "stance")
+
+
+def _run(capsys, *argv):
+    rc = main(["identify", *argv, "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    return json.loads(out.out)
+
+
+def test_vape_and_contrast(stats_dirs, tmp_path, capsys):
+    values_dir, stance_dir = stats_dirs
+    info = _run(capsys, "--stats", str(values_dir), "--method", "vape", "--out", str(tmp_path / "v.parquet"),
+                "--top-rate", "0.1")
+    assert info["report"]["no_data"] == ["harmony"] and info["rows"] == len(NeuronSet.load(tmp_path / "v.parquet"))
+    assert set(info["counts"]) <= {"prosperity", "democracy", "civility"} and info["rows"] > 0
+    assert len(info["overlap"]["jaccard"]) == len(info["counts"])
+    info = _run(capsys, "--stats", str(stance_dir), "--method", "vape", "--out", str(tmp_path / "s.parquet"),
+                "--top-rate", "0.05")
+    assert set(info["report"]["integrity"]) == {"decision", "semantic"}
+    ns = NeuronSet.load(tmp_path / "s.parquet")
+    assert set(ns.table["method"]) <= {"vape-decision", "vape-semantic"}
+    info = _run(capsys, "--stats", str(values_dir), "--method", "contrast", "--top-k", "5",
+                "--out", str(tmp_path / "c.parquet"))
+    assert info["counts"] == {"prosperity": 5, "democracy": 5, "civility": 5}
+    assert sum(info["layer_histogram"]["prosperity"]) == 5
+
+
+def test_user_errors(stats_dirs, tmp_path, capsys):
+    rc = main(["identify", "--method", "vape", "--out", str(tmp_path / "x.parquet")])
+    assert rc == 2 and "--stats" in capsys.readouterr().err
+    rc = main(["identify", "--method", "vape", "--stats", str(tmp_path / "nope"), "--out", str(tmp_path / "x.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no such statistics directory" in err and "Traceback" not in err
+    rc = main(["identify", "--method", "attribution", "--out", str(tmp_path / "x.parquet")])
+    assert rc == 2 and "--model" in capsys.readouterr().err
+
+
+def test_attribution_and_mask_on_tiny_model(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from jaxvalues.testing import tiny_hf_model, word_tokenizer
+
+    d = tmp_path / "model"
+    tiny_hf_model("llama", d)
+    word_tokenizer(["A", "B", ":", "."] + [f"w{i}" for i in range(140)]).save_pretrained(str(d))
+    common = ["--model", str(d), "--dataset", "builtin", "--lang", "en", "--max-records", "3"]
+    info = _run(capsys, "--method", "attribution", *common, "--top-k", "4", "--out", str(tmp_path / "a.parquet"))
+    assert sum(info["report"]["rows"].values()) == 6 and all(n <= 4 for n in info["counts"].values())
+    first = next(iter(info["report"]["rows"]))
+    info = _run(capsys, "--method", "mask", *common, "--steps", "3", "--values", first, "--out", str(tmp_path / "m.parquet"))
+    assert len(info["report"]) == 1 and list(info["report"].values())[0]["steps"] == 3
