@@ -98,7 +98,7 @@ def test_bucket_plan_and_compile_count(lm, examples):
     plan = plan_batches(lengths, [e.condition for e in examples], batch_size=8, max_tokens=256)
     assert sorted(i for b in plan for i in b.indices) == list(range(len(examples)))
     for b in plan:
-        assert len({examples[i].condition for i in b.indices}) == 1
+        assert b.row_conditions == tuple(examples[i].condition for i in b.indices)
         assert b.rows * b.seq_len <= 256 and max(lengths[i] for i in b.indices) <= b.seq_len
         assert b.seq_len in (32, 48, 64, 96, 128)
     short = [e for e in examples if len(e) <= 48]  # compile only the two short shapes
@@ -138,3 +138,14 @@ def test_collect_records_rationale(lm):
                                                     "justice-conflict"}
     finally:
         lm.tokenizer = None
+
+
+def test_mixed_condition_batches_cut_padding(lm, examples):
+    lengths = [len(e) for e in examples]
+    conds = [e.condition for e in examples]
+    mixed = plan_batches(lengths, conds, batch_size=4, max_tokens=256)
+    single = plan_batches(lengths, conds, batch_size=4, max_tokens=256, mixed=False)
+    for b in single:
+        assert len(set(b.row_conditions)) == 1 and b.condition == b.row_conditions[0]
+    assert any(b.condition == -1 for b in mixed)
+    assert sum(b.rows * b.seq_len for b in mixed) < sum(b.rows * b.seq_len for b in single)

@@ -118,6 +118,47 @@ def reduce_acts(acts: Sequence[jax.Array], count) -> Partial:
                    sumsq_digits=digits[1], clipped=clipped)
 
 
+def reduce_acts_rows(acts: Sequence[jax.Array], count) -> Partial:
+    """Like `reduce_acts`, one Partial per row: acts L arrays [B, S, N]; count [B, S].
+
+    Returns a Partial whose fields have a leading B axis (tokens [B], active [B, L, N], digit
+    sums [B, D, L, N], clipped [B]), so rows of different conditions can share a batch. Tokens
+    are reduced in chunks of c positions of every row (c = the largest power of two dividing S
+    with B·c·N <= CHUNK_ELEMENTS), which bounds the temporaries as `reduce_acts` does."""
+    b, s = count.shape
+    n = acts[0].shape[-1]
+    cap = max(1, CHUNK_ELEMENTS // (n * b))
+    c = 1
+    while c * 2 <= min(cap, s) and s % (c * 2) == 0:
+        c *= 2
+    steps = s // c
+    w = count.astype(jnp.int32)
+    wc = w.reshape(b, steps, c).transpose(1, 0, 2)  # [steps, B, c]
+
+    def body(carry, xs):
+        x, wk = xs  # [B, c, N], [B, c]
+        active = jnp.sum(jnp.where(x > 0, wk[:, :, None], 0), axis=1, dtype=jnp.int32)  # [B, N]
+        d, clip = fixed_point_digits(jnp.stack([x, x * x]))  # [2, B, c, N, D]
+        digits = jnp.sum(d * wk[None, :, :, None, None], axis=2, dtype=jnp.int32)  # [2, B, N, D]
+        clipped = jnp.sum(clip & (wk[None, :, :, None] > 0), axis=(0, 2, 3), dtype=jnp.int32)  # [B]
+        return (carry[0] + active, carry[1] + digits, carry[2] + clipped), None
+
+    init = (jnp.zeros((b, n), jnp.int32), jnp.zeros((2, b, n, NUM_DIGITS), jnp.int32), jnp.zeros((b,), jnp.int32))
+    active, digits, clipped = [], [], jnp.zeros((b,), jnp.int32)
+    for a in acts:
+        x = a.astype(jnp.float32).reshape(b, steps, c, n).transpose(1, 0, 2, 3)  # [steps, B, c, N]
+        if steps == 1:
+            (act, dig, clip), _ = body(init, (x[0], wc[0]))
+        else:
+            (act, dig, clip), _ = jax.lax.scan(body, init, (x, wc))
+        active.append(act)
+        digits.append(dig)
+        clipped = clipped + clip
+    digits = jnp.stack(digits, axis=2).transpose(0, 1, 4, 2, 3)  # [2, B, D, L, N]
+    return Partial(tokens=jnp.sum(w, axis=1, dtype=jnp.int32), active=jnp.stack(active, axis=1),
+                   sum_digits=digits[0], sumsq_digits=digits[1], clipped=clipped)
+
+
 def _fold(digits: np.ndarray):
     """[NUM_DIGITS, ...] int digit sums -> (int part, frac numerator) int64 increments."""
     d = np.asarray(digits).astype(np.int64)
@@ -210,6 +251,14 @@ class NeuronStats:
         self.active[c] += p.active.astype(np.int64)
         _add_fixed(self.sum_int[c], self.sum_frac[c], *_fold(p.sum_digits))
         _add_fixed(self.sumsq_int[c], self.sumsq_frac[c], *_fold(p.sumsq_digits))
+        return self
+
+    def update_rows(self, row_conditions, partial: Partial) -> "NeuronStats":
+        """Add a per-row Partial (leading axis B, from `reduce_acts_rows`): row r goes to
+        condition row_conditions[r]; rows beyond len(row_conditions) are padding and ignored."""
+        p = Partial(*(np.asarray(x) for x in partial))
+        for r, c in enumerate(row_conditions):
+            self.update(c, Partial(*(f[r] for f in p)))
         return self
 
     def add_activations(self, condition: int | str, acts, count=None) -> "NeuronStats":

@@ -6,12 +6,14 @@ Conventions:
   tokens) and an `id` for reports.
 - Token selection: "all" counts every token; "rationale" (alias "mask") counts the tokens of the
   example's `mask`; "last_k" counts the last k tokens of the sequence.
-- Batches hold rows of ONE condition, so a batch reduces to one [L, N] partial on device and
-  never to [C, L, N]. Examples are sorted by (condition, bucket, length); the sequence length of
-  a batch is the smallest bucket size >= its longest row (default sizes 32·2^k and 48·2^k: at
-  most 1.5× padding, two compilations per octave); rows per batch = min(batch_size,
-  max_tokens // bucket), and a last partial batch is filled with empty rows (count mask 0), so
-  batch shapes come from a small fixed set. Rows are right-padded; padding never counts.
+- Batches mix conditions: each row carries its own condition and reduces on device to its own
+  [L, N] partial (never [C, L, N]); the host adds each row's partial to that row's condition.
+  Examples are sorted by (bucket, length), so batches are full and rows similar in length; the
+  sequence length of a batch is the smallest bucket size >= its longest row (default sizes
+  32·2^k and 48·2^k: at most 1.5× padding, two compilations per octave); rows per batch =
+  min(batch_size, max_tokens // bucket), and a last partial batch is filled with empty rows
+  (count mask 0), so batch shapes come from a small fixed set. Rows are right-padded; padding
+  never counts. `mixed=False` keeps one condition per batch (the earlier plan).
 """
 
 from __future__ import annotations
@@ -77,10 +79,11 @@ def count_mask(ex: TokenizedExample, selection: str, k: int = 16) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Batch:
-    condition: int
+    condition: int  # the condition of every row, or -1 when the batch mixes conditions
     indices: tuple[int, ...]  # example indices (len <= rows)
     rows: int  # batch dimension B (static)
     seq_len: int  # S (static)
+    row_conditions: tuple[int, ...] = ()  # condition of each real row (same order as indices)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,7 +91,8 @@ class Batch:
 
 
 def plan_batches(lengths: Sequence[int], conditions: Sequence[int], batch_size: int,
-                 max_tokens: int = MAX_BATCH_TOKENS, buckets: Sequence[int] | None = None) -> list[Batch]:
+                 max_tokens: int = MAX_BATCH_TOKENS, buckets: Sequence[int] | None = None,
+                 mixed: bool = True) -> list[Batch]:
     """Deterministic length-bucketed plan; see the module docstring."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -100,16 +104,20 @@ def plan_batches(lengths: Sequence[int], conditions: Sequence[int], batch_size: 
     if buckets[-1] > max_tokens and lengths.max() > max_tokens:
         raise ConfigError(f"a sequence of {int(lengths.max())} tokens exceeds max_tokens={max_tokens}")
     blen = np.array([bucket_length(int(n), buckets) for n in lengths])
-    order = np.lexsort((np.arange(len(lengths)), lengths, blen, np.asarray(conditions)))
+    conditions = np.asarray(conditions)
+    group = np.zeros(len(lengths), np.int64) if mixed else conditions
+    order = np.lexsort((np.arange(len(lengths)), lengths, blen, group))
     batches: list[Batch] = []
     i = 0
     while i < len(order):
-        c, s = int(conditions[order[i]]), int(blen[order[i]])
+        g, s = int(group[order[i]]), int(blen[order[i]])
         rows = max(1, min(batch_size, max_tokens // s))
         j = i
-        while j < len(order) and j - i < rows and int(conditions[order[j]]) == c and blen[order[j]] == s:
+        while j < len(order) and j - i < rows and int(group[order[j]]) == g and blen[order[j]] == s:
             j += 1
-        batches.append(Batch(c, tuple(int(x) for x in order[i:j]), rows, s))
+        idx = tuple(int(x) for x in order[i:j])
+        conds = tuple(int(conditions[x]) for x in idx)
+        batches.append(Batch(conds[0] if len(set(conds)) == 1 else -1, idx, rows, s, conds))
         i = j
     return batches
 

@@ -2,9 +2,9 @@
 
 `collect(lm, examples, conditions, token_selection=..., k=..., batch_size=...)` runs every
 example through `lm_apply(..., capture=True)` (no LM head: the hidden states are unused and
-compiled away), reduces the L neuron arrays [B, S, N] of a batch to one condition's `Partial`
-([L, N] count + fixed-point digit sums) inside the same jit, and folds it into a
-`NeuronStats` on the host while the next batch runs (one batch in flight). Nothing of shape
+compiled away), reduces the L neuron arrays [B, S, N] of a batch to one `Partial` per row
+([L, N] count + fixed-point digit sums) inside the same jit, and folds each row into its
+condition of a `NeuronStats` on the host while the next batch runs (one batch in flight). Nothing of shape
 [L, B, S, N] outlives a batch. The compilation count (distinct batch shapes) is reported in
 `stats.meta["collect"]` with tokens, padding fraction and timing.
 
@@ -27,13 +27,13 @@ import numpy as np
 
 from jaxvalues.errors import ConfigError, JaxValuesError
 from jaxvalues.models.decoder import lm_apply
-from jaxvalues.stats.accumulator import MAX_BATCH_TOKENS, NeuronStats, reduce_acts
+from jaxvalues.stats.accumulator import MAX_BATCH_TOKENS, NeuronStats, reduce_acts_rows
 from jaxvalues.stats.batching import TokenizedExample, assemble, count_mask, plan_batches
 
 
 def _batch_program(graphdef, state, ids, attn, count, mult, add):
     _, acts, _ = lm_apply(graphdef, state, ids, attn, mult, add, capture=True)
-    return reduce_acts(acts, count * attn)
+    return reduce_acts_rows(acts, count * attn)
 
 
 _PROGRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -140,12 +140,12 @@ def collect(lm, examples: Sequence[TokenizedExample], conditions: Sequence[str],
             shapes.add(b.shape)
             out = fn(lm.state, bi, ba, bc, mult, add)
             if pending is not None:
-                stats.update(*pending)
-            pending = (b.condition, out)
+                stats.update_rows(*pending)
+            pending = (b.row_conditions, out)
             if prog is not None:
                 prog.update(prog.task_ids[0], advance=1, tokens=real)
         if pending is not None:
-            stats.update(*pending)
+            stats.update_rows(*pending)
     finally:
         if prog is not None:
             prog.stop()

@@ -1,0 +1,1 @@
+"""The end-to-end experiment: `jaxvalues run --config configs/experiments/NAME.yaml`."""
