@@ -44,7 +44,7 @@ def _merge(base: dict, over: dict, where: str, prefix: str = "") -> dict:
             from difflib import get_close_matches
 
             hint = get_close_matches(k, list(base), n=1)
-            raise ConfigError(f"{where}: unknown field {key!r}" + (f" (did you mean {prefix}{hint[0]!r}?)" if hint else ""))
+            raise ConfigError(f"{where}: unknown field {key!r}" + (f" (did you mean {prefix + hint[0]!r}?)" if hint else ""))
         if isinstance(base[k], dict):
             if not isinstance(v, dict):
                 raise ConfigError(f"{where}: {key} must be a mapping, got {v!r}")
