@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "jaxvalues.stats.cli",
     "jaxvalues.identify.cli",
     "jaxvalues.evaluate.cli",
+    "jaxvalues.distributed.cli",  # `sweep`; adds --ray/--workers to `collect` (after stats.cli)
     "jaxvalues.pipeline.cli",  # `run`
     "jaxvalues.validate",  # `validate`
 )

@@ -45,3 +45,44 @@ def test_sharded_forward_matches_single_device():
     for key in ("2x2", "1x4"):  # tensor parallel: matmul sums split across devices
         assert res[key]["logits"] <= 1e-5 and res[key]["neurons"] <= 1e-5, (key, res[key])
     assert "data" in res["4x1"]["spec"]
+
+
+STATS_SCRIPT = textwrap.dedent("""
+    import os, json, tempfile
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import numpy as np, jax
+    import jaxvalues as jv
+    from jaxvalues.testing import tiny_hf_model
+    from jaxvalues.sharding import make_mesh
+    from jaxvalues.stats.batching import TokenizedExample
+    from jaxvalues.stats.collect import collect
+    assert len(jax.devices()) == 4
+    d = tempfile.mkdtemp(); tiny_hf_model("llama", d)
+    rng = np.random.default_rng(0)
+    ex = [TokenizedExample(rng.integers(4, 211, int(n)).astype(np.int32), i % 3, None, f"e{i}")
+          for i, n in enumerate(rng.integers(3, 60, 30))]
+    kw = dict(batch_size=8, buckets=(64,))  # one batch shape: one compilation per mesh
+    iv = jv.Intervention.zero({0: [1, 2, 3], 2: [50]})
+    base = collect(jv.load_model(d), ex, "abc", intervention=iv, **kw)
+    out = {}
+    for data, model in [(1, 1), (2, 1), (4, 1), (2, 2), (1, 4)]:
+        s = collect(jv.load_model(d), ex, "abc", intervention=iv, mesh=make_mesh(data, model), **kw)
+        out[f"{data}x{model}"] = dict(
+            equal=bool(s.equals(base)), tokens=bool(np.array_equal(s.tokens, base.tokens)),
+            active=int(np.abs(s.active - base.active).max()),
+            mean=float(np.abs(s.mean() - base.mean()).max()))
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_sharded_statistics_are_bit_identical():
+    """collect(mesh=...): data parallel over 1, 2, 4 devices gives the same statistics bit for bit;
+    tensor parallel (neurons split) stays within float rounding of the matmuls."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "-c", STATS_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.split("RESULT", 1)[1])
+    for key in ("1x1", "2x1", "4x1"):
+        assert res[key]["equal"], (key, res[key])
+    for key in ("2x2", "1x4"):
+        assert res[key]["tokens"] and res[key]["mean"] <= 1e-5, (key, res[key])

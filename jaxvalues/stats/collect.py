@@ -56,7 +56,8 @@ def _mesh_program(lm, mesh):
 
     by_mesh = _MESH_PROGRAMS.setdefault(lm, {})
     if mesh not in by_mesh:
-        by_mesh[mesh] = jax.jit(partial(_batch_program, lm.graphdef), out_shardings=NamedSharding(mesh, PartitionSpec()))
+        by_mesh[mesh] = jax.jit(partial(_batch_program, lm.graphdef),
+                                out_shardings=NamedSharding(mesh, PartitionSpec()))
     return by_mesh[mesh]
 
 
