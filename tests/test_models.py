@@ -342,3 +342,10 @@ def test_non_gguf_file(tmp_path):
 def test_unknown_source_message(tmp_path):
     with pytest.raises(jv.JaxValuesError, match="no such file or directory"):
         jv.load_model(str(tmp_path / "nope"))
+
+
+def test_hub_id_offline_is_a_plain_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(jv.JaxValuesError, match=r"'someorg/somemodel': could not download from the Hugging Face hub"):
+        jv.load_model("someorg/somemodel")
