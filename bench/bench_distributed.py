@@ -1,0 +1,147 @@
+"""Distributed collection: 2 Ray workers (1 thread each) vs 1 worker, and Ray's start-up overhead.
+
+Uses jaxvalues.distributed: `connect("local")`, `RayPool(model, size=2, WorkerResources(num_cpus=1,
+threads=1))`, `collect_sharded(pool, examples, ...)` with the same shards for both worker counts
+(the 1-worker run uses `pool.subset(1)`, the same process). Also times plain in-process
+`collect` in the driver (JAX on all cores) over the same examples for reference. Interleaved,
+median of --reps after a warm-up of each variant (which compiles in every worker).
+Start-up overhead = `connect` (Ray start) and the pool's creation until every worker has loaded
+the model (`pool.pids()`), against loading the model in-process.
+
+    .venv/bin/python bench/bench_distributed.py [--records 16] [--shards 4] [--batch-size 4]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as C  # noqa: E402
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def pin(pids: list[int], cores: list[set[int] | None]):
+    """Confine every thread of worker i to cores[i] (None = all cores), from the driver."""
+    every = set(range(os.cpu_count() or 1))
+    for pid, cs in zip(pids, cores):
+        for tid in _threads(pid):
+            try:
+                os.sched_setaffinity(tid, cs or every)
+            except OSError:
+                pass
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the given processes (all threads), seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except OSError:
+            pass
+    return total / tick
+
+
+def main(argv=None):
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=int, default=16, help="activation records (one value)")
+    p.add_argument("--value", default="integrity")
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="rows per batch (= records per shard by default)")
+    p.add_argument("--no-inprocess", action="store_true", help="skip the in-process reference")
+    args = C.finish_args(p.parse_args(argv))
+    if args.quick:
+        args.records = min(args.records, 8)
+    info = C.machine_info()
+    try:
+        from jaxvalues.distributed import RayPool, WorkerResources, collect_sharded, connect, disconnect
+    except ImportError as e:
+        body = f"jaxvalues.distributed is not available ({e}); nothing measured."
+        C.write_section(args, "distributed", "Distributed collection (Ray)", body, info)
+        return
+
+    t = time.perf_counter()
+    lm = C.load_jax(args.model)
+    load_s = time.perf_counter() - t
+    examples, names, _subset = C.activation_examples(lm, [args.value], args.records)
+    tokens = int(sum(len(e) for e in examples))
+    kw = dict(token_selection="all", batch_size=args.batch_size)
+
+    t = time.perf_counter()
+    connect("local", num_cpus=2)
+    ray_s = time.perf_counter() - t
+    t = time.perf_counter()
+    pool = RayPool(args.model, size=2, resources=WorkerResources(num_cpus=1, threads=1))
+    pids = pool.pids()
+    pool_s = time.perf_counter() - t
+    winfo = pool.info()
+    one = pool.subset(1)
+    out, busy = {}, {}
+    ncores = len(os.sched_getaffinity(0))
+    try:
+        from jaxvalues.stats.collect import collect
+
+        def ray_run(key, p, cores):
+            def run():
+                pin(pids, cores)
+                c0, t0 = cpu_seconds(pids), time.perf_counter()
+                out[key] = collect_sharded(p, examples, names, shards=args.shards, **kw)
+                busy.setdefault(key, []).append((cpu_seconds(pids) - c0) / (time.perf_counter() - t0))
+            return run
+
+        k1, k2 = "Ray, 1 worker × 1 thread", "Ray, 2 workers × 1 thread"
+        p1, p2 = "Ray, 1 worker pinned to 1 core", "Ray, 2 workers pinned to 1 core each"
+        variants = {k1: ray_run(k1, one, [None, None]), k2: ray_run(k2, pool, [None, None])}
+        if ncores >= 2:
+            variants[p1] = ray_run(p1, one, [{0}, {1}])
+            variants[p2] = ray_run(p2, pool, [{0}, {1}])
+        if not args.no_inprocess:
+            variants["in-process collect (driver, all cores)"] = lambda: out.__setitem__("local", collect(
+                lm, examples, names, **kw))
+        times = C.interleaved(variants, args.reps)
+    finally:
+        pool.close()
+        disconnect()
+    med = {k: C.median(v) for k, v in times.items()}
+    rows = [[k, f"{med[k]:.2f}", C.spread(times[k]), tokens / med[k],
+             f"{C.median(busy[k]):.2f}" if k in busy else "-",
+             f"{med[k1] / med[k]:.2f}×", f"{med[p1] / med[k]:.2f}×" if p1 in med else "-"] for k in variants]
+    tab = C.table(["variant", "median s", "range s", "tokens/s", "worker CPU s per wall s",
+                   "vs 1 worker", "vs 1 pinned worker"], rows)
+    same = all(out[k].equals(out[k1]) for k in out)
+    pinned_line = (f"- speed-up with each worker's threads confined to its own core (sched_setaffinity from the "
+                   f"driver): **{med[p1] / med[p2]:.2f}×**" if p2 in med else "")
+    body = f"""
+Model `{args.model}` (float32), {len(examples)} activation records of {args.value} ({tokens:,} tokens), {args.shards}
+shards, batch size {args.batch_size}, token selection "all"; {args.reps} timed reps after 1 warm-up, interleaved.
+Workers: XLA_FLAGS `{winfo[0].get('xla_flags', '')}`; pids {pids}.
+
+{tab}
+
+- speed-up, 2 workers vs 1 (as configured by WorkerResources(num_cpus=1, threads=1)): **{med[k1] / med[k2]:.2f}×**
+{pinned_line}
+- "worker CPU s per wall s" = CPU time of the worker processes / wall time: how many cores the Ray workers really
+  kept busy (1 worker × 1 thread should read ≤ 1.0).
+- Ray start-up overhead: `connect("local")` {ray_s:.1f} s + pool of 2 workers until both loaded the model
+  {pool_s:.1f} s (model load in each worker: {', '.join(str(w.get('load_seconds')) + ' s' for w in winfo)}), vs
+  {load_s:.1f} s to load the model in-process.
+- statistics identical (bit for bit) across all variants{' (in-process included)' if 'local' in out else ''}: {same}
+"""
+    C.write_section(args, "distributed", "Distributed collection (Ray)", body, info,
+                    {"times": times, "ray_start_s": ray_s, "pool_start_s": pool_s, "load_s": load_s})
+
+
+if __name__ == "__main__":
+    main()
