@@ -129,10 +129,11 @@ def _program(lm):
 class ChoiceScorer:
     """Label logits for many (condition, prompt) rows with one compiled program per length bucket."""
 
-    def __init__(self, lm, batch_size: int = 16, seq_multiple: int = 32):
+    def __init__(self, lm, batch_size: int = 16, seq_multiple: int = 32, progress: bool = False):
         if batch_size < 1 or seq_multiple < 1:
             raise ConfigError(f"batch_size and seq_multiple must be >= 1, got {batch_size}, {seq_multiple}")
         self.lm, self.batch_size, self.seq_multiple = lm, int(batch_size), int(seq_multiple)
+        self.progress = progress
         self._fn = _program(lm)
 
     def compilations(self) -> int:
@@ -150,12 +151,27 @@ class ChoiceScorer:
         vocab = np.concatenate([vocab, np.full(u - len(vocab), vocab[0])]).astype(np.int32)
         out = np.zeros((c_n, p_n, 2), np.float32)
         vocab_j = jnp.asarray(vocab)
-        for pi, ci, n in flat_batches(prompts.lengths, c_n, self.batch_size):
-            ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], self.seq_multiple)
-            mult, add = batch_arrays(mult_c, add_c, ci)
-            res = self._fn(self.lm.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(mult), jnp.asarray(add),
-                           vocab_j, jnp.asarray(inv[pi]))
-            out[ci[:n], pi[:n]] = np.asarray(res)[:n]
+        batches = list(flat_batches(prompts.lengths, c_n, self.batch_size))
+        bar = None
+        if self.progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                           TimeRemainingColumn(), transient=False)
+            task = bar.add_task("evaluate", total=len(batches))
+            bar.start()
+        try:
+            for pi, ci, n in batches:
+                ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], self.seq_multiple)
+                mult, add = batch_arrays(mult_c, add_c, ci)
+                res = self._fn(self.lm.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(mult),
+                               jnp.asarray(add), vocab_j, jnp.asarray(inv[pi]))
+                out[ci[:n], pi[:n]] = np.asarray(res)[:n]
+                if bar is not None:
+                    bar.advance(task)
+        finally:
+            if bar is not None:
+                bar.stop()
         return out
 
 

@@ -59,6 +59,6 @@ def print_summary(summary: dict, console) -> None:
     if summary.get("perplexity"):
         for cond, per in summary["perplexity"].items():
             a = per.get("all", {})
-            console.print(f"perplexity [{cond}]: {a.get('ppl', float('nan')):.2f}"
+            console.print(f"perplexity ({cond}): {a.get('ppl', float('nan')):.2f}"
                           + (f" (× {a['ratio_to_baseline']:.3f} of baseline)" if "ratio_to_baseline" in a else ""))
     console.print(f"report: [bold]{summary.get('report')}[/bold]")

@@ -170,7 +170,7 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
         summary = json.loads((rd.path / "summary.json").read_text())
     else:
         t = time.time()
-        summary = _evaluate(lm, cfg, ns, stats, values, rd, console)
+        summary = _evaluate(lm, cfg, ns, stats, values, rd, console, progress)
         timings["evaluate"] = time.time() - t
         summary["meta"] = _meta(lm, cfg, timings)
         rd.write_json("summary.json", summary)
@@ -184,7 +184,7 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     return summary
 
 
-def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console) -> dict:
+def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console, progress: bool = False) -> dict:
     import pandas as pd
 
     from jaxvalues.data.io import load_records
@@ -213,7 +213,7 @@ def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console) -> dict:
         return Intervention.set(neurons, means)
 
     targeted = [v for v in values if v in ns.values and len(ns.pairs(v))]
-    scorer = ChoiceScorer(lm, e["batch_size"])
+    scorer = ChoiceScorer(lm, e["batch_size"], progress=progress)
     prompts = build_choice_prompts(recs, lm.tokenizer)
     conds = {"baseline": None, **{f"value:{v}": make(ns.neurons(v)) for v in targeted}}
     _say(console, f"evaluate: {len(recs)} dilemmas × 2 orders × {len(conds)} conditions")
