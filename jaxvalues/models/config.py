@@ -247,8 +247,6 @@ def _from_hf(hf: Any, name: str) -> ModelConfig:
 
     act = _activation(hf, "hidden_act", model_type)
     rope = _rope_from(_rope_params(hf), 10000.0, model_type)
-    if _get(hf, "pretraining_tp", 1) not in (1, None):
-        pass  # pretraining_tp only changes how the original matmuls were split: same math
     if model_type in ("llama", "mistral"):
         sliding = _get(hf, "sliding_window") if model_type == "mistral" else None
         return ModelConfig(
