@@ -1,10 +1,12 @@
 """Distributed collection: 2 Ray workers (1 thread each) vs 1 worker, and Ray's start-up overhead.
 
-Uses jaxvalues.distributed: `connect("local")`, `RayPool(model, size=2, WorkerResources(num_cpus=1,
-threads=1))`, `collect_sharded(pool, examples, ...)` with the same shards for both worker counts
-(the 1-worker run uses `pool.subset(1)`, the same process). Also times plain in-process
-`collect` in the driver (JAX on all cores) over the same examples for reference. Interleaved,
-median of --reps after a warm-up of each variant (which compiles in every worker).
+Uses jaxvalues.distributed: `connect("local")`, two pools of 2 workers each with
+`WorkerResources(num_cpus=0.5, threads=1)`: one as configured by default (CPU workers pin
+themselves to a core each, jaxvalues.distributed.affinity) and one with `pin_cpus=False` (XLA's
+thread pools then span every core). `collect_sharded(pool, examples, ...)` uses the same shards
+for both worker counts (the 1-worker run uses `pool.subset(1)`, the same process). Also times
+plain in-process `collect` in the driver (JAX on all cores) over the same examples for reference.
+Interleaved, median of --reps after a warm-up of each variant (which compiles in every worker).
 Start-up overhead = `connect` (Ray start) and the pool's creation until every worker has loaded
 the model (`pool.pids()`), against loading the model in-process.
 
@@ -21,24 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common as C  # noqa: E402
-
-
-def _threads(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
-
-
-def pin(pids: list[int], cores: list[set[int] | None]):
-    """Confine every thread of worker i to cores[i] (None = all cores), from the driver."""
-    every = set(range(os.cpu_count() or 1))
-    for pid, cs in zip(pids, cores):
-        for tid in _threads(pid):
-            try:
-                os.sched_setaffinity(tid, cs or every)
-            except OSError:
-                pass
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -83,59 +67,57 @@ def main(argv=None):
     connect("local", num_cpus=2)
     ray_s = time.perf_counter() - t
     t = time.perf_counter()
-    pool = RayPool(args.model, size=2, resources=WorkerResources(num_cpus=1, threads=1))
-    pids = pool.pids()
+    pinned = RayPool(args.model, size=2, resources=WorkerResources(num_cpus=0.5, threads=1))
+    pids = {"pinned": pinned.pids()}
     pool_s = time.perf_counter() - t
-    winfo = pool.info()
-    one = pool.subset(1)
+    free = RayPool(args.model, size=2, resources=WorkerResources(num_cpus=0.5, threads=1, pin_cpus=False))
+    pids["free"] = free.pids()
+    winfo = pinned.info() + free.info()
     out, busy = {}, {}
-    ncores = len(os.sched_getaffinity(0))
     try:
         from jaxvalues.stats.collect import collect
 
-        def ray_run(key, p, cores):
+        def ray_run(key, p, kind):
             def run():
-                pin(pids, cores)
-                c0, t0 = cpu_seconds(pids), time.perf_counter()
+                c0, t0 = cpu_seconds(pids[kind]), time.perf_counter()
                 out[key] = collect_sharded(p, examples, names, shards=args.shards, **kw)
-                busy.setdefault(key, []).append((cpu_seconds(pids) - c0) / (time.perf_counter() - t0))
+                busy.setdefault(key, []).append((cpu_seconds(pids[kind]) - c0) / (time.perf_counter() - t0))
             return run
 
-        k1, k2 = "Ray, 1 worker × 1 thread", "Ray, 2 workers × 1 thread"
-        p1, p2 = "Ray, 1 worker pinned to 1 core", "Ray, 2 workers pinned to 1 core each"
-        variants = {k1: ray_run(k1, one, [None, None]), k2: ray_run(k2, pool, [None, None])}
-        if ncores >= 2:
-            variants[p1] = ray_run(p1, one, [{0}, {1}])
-            variants[p2] = ray_run(p2, pool, [{0}, {1}])
+        k1, k2 = "Ray, 1 worker (default: pinned to 1 core)", "Ray, 2 workers (default: pinned, 1 core each)"
+        u1, u2 = "Ray, 1 worker, pin_cpus=false", "Ray, 2 workers, pin_cpus=false"
+        variants = {k1: ray_run(k1, pinned.subset(1), "pinned"), k2: ray_run(k2, pinned, "pinned"),
+                    u1: ray_run(u1, free.subset(1), "free"), u2: ray_run(u2, free, "free")}
         if not args.no_inprocess:
             variants["in-process collect (driver, all cores)"] = lambda: out.__setitem__("local", collect(
                 lm, examples, names, **kw))
         times = C.interleaved(variants, args.reps)
     finally:
-        pool.close()
+        pinned.close()
+        free.close()
         disconnect()
     med = {k: C.median(v) for k, v in times.items()}
     rows = [[k, f"{med[k]:.2f}", C.spread(times[k]), tokens / med[k],
              f"{C.median(busy[k]):.2f}" if k in busy else "-",
-             f"{med[k1] / med[k]:.2f}×", f"{med[p1] / med[k]:.2f}×" if p1 in med else "-"] for k in variants]
+             f"{med[k1] / med[k]:.2f}×", f"{med[u1] / med[k]:.2f}×"] for k in variants]
     tab = C.table(["variant", "median s", "range s", "tokens/s", "worker CPU s per wall s",
-                   "vs 1 worker", "vs 1 pinned worker"], rows)
+                   "vs 1 pinned worker", "vs 1 unpinned worker"], rows)
     same = all(out[k].equals(out[k1]) for k in out)
-    pinned_line = (f"- speed-up with each worker's threads confined to its own core (sched_setaffinity from the "
-                   f"driver): **{med[p1] / med[p2]:.2f}×**" if p2 in med else "")
+    cores = ", ".join(f"pid {w['pid']}: {w.get('cpu_cores')}" for w in winfo)
     body = f"""
 Model `{args.model}` (float32), {len(examples)} activation records of {args.value} ({tokens:,} tokens), {args.shards}
 shards, batch size {args.batch_size}, token selection "all"; {args.reps} timed reps after 1 warm-up, interleaved.
-Workers: XLA_FLAGS `{winfo[0].get('xla_flags', '')}`; pids {pids}.
+Workers: XLA_FLAGS `{winfo[0].get('xla_flags', '')}`; claimed cores ({cores}).
 
 {tab}
 
-- speed-up, 2 workers vs 1 (as configured by WorkerResources(num_cpus=1, threads=1)): **{med[k1] / med[k2]:.2f}×**
-{pinned_line}
+- speed-up, 2 workers vs 1, `WorkerResources(num_cpus=0.5, threads=1)` as configured by default (each CPU
+  worker pins itself to its own core): **{med[k1] / med[k2]:.2f}×**
+- the same with `pin_cpus=false` (XLA's thread pools span both cores in every worker): {med[u1] / med[u2]:.2f}×
 - "worker CPU s per wall s" = CPU time of the worker processes / wall time: how many cores the Ray workers really
   kept busy (1 worker × 1 thread should read ≤ 1.0).
 - Ray start-up overhead: `connect("local")` {ray_s:.1f} s + pool of 2 workers until both loaded the model
-  {pool_s:.1f} s (model load in each worker: {', '.join(str(w.get('load_seconds')) + ' s' for w in winfo)}), vs
+  {pool_s:.1f} s (model load in each worker: {', '.join(str(w.get('load_seconds')) + ' s' for w in winfo[:2])}), vs
   {load_s:.1f} s to load the model in-process.
 - statistics identical (bit for bit) across all variants{' (in-process included)' if 'local' in out else ''}: {same}
 """

@@ -67,7 +67,7 @@ def test_distributed_script_runs(tiny, tmp_path):
     results = tmp_path / "RESULTS.md"
     _run("bench_distributed.py", tiny, results)
     text = results.read_text()
-    assert "| Ray, 2 workers × 1 thread |" in text
+    assert "| Ray, 2 workers (default: pinned, 1 core each) |" in text and "| Ray, 2 workers, pin_cpus=false |" in text
     assert "statistics identical (bit for bit) across all variants (in-process included): True" in text
 
 

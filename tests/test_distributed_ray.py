@@ -78,6 +78,11 @@ def test_statistics_bit_identical_without_ray_and_with_1_and_2_workers(pool, lm,
     info = pool.info()
     assert {i["xla_flags"] for i in info} == {"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
     assert len({i["pid"] for i in info}) == 2 and all(i["calls"] > 0 for i in info)
+    # CPU workers pin themselves to a core each (XLA ignores the thread flags above)
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= 2:
+        assert sorted(i["cpu_cores"] for i in info) == [[cores[0]], [cores[1]]]
+        assert all(i["affinity"] == i["cpu_cores"] for i in info)
 
 
 def test_sweep_tables_identical_without_ray_and_with_1_and_2_workers(pool, ws, tmp_path):

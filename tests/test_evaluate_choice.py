@@ -135,6 +135,27 @@ def test_batched_conditions_equal_one_at_a_time(lm, prompts):
     assert not np.allclose(together[0], together[2])
 
 
+def test_rows_mask_scores_only_the_marked_pairs(lm, prompts):
+    conds = [None, IV, Intervention.zero({0: list(range(40))})]
+    scorer = ChoiceScorer(lm, batch_size=4)
+    full = scorer.logits(prompts, conds)
+    rows = np.zeros((3, prompts.num_rows), bool)
+    rows[0] = True
+    rows[1, ::2] = True
+    rows[2, prompts.dilemma == 0] = True
+    seen = []
+    part = scorer.logits(prompts, conds, rows, on_batch=lambda: seen.append(1))
+    assert len(seen) == scorer.num_batches(prompts, 3, rows) == -(-int(rows.sum()) // 4)
+    np.testing.assert_allclose(part[rows], full[rows], rtol=1e-5, atol=1e-6)
+    assert np.isnan(part[~rows]).all()
+    # unscored dilemmas come out NaN in the table, scored ones as in the full table
+    t = choice_table(prompts, part[2:], ["zero40"])
+    scored = t["record_id"] == prompts.meta[0]["record_id"]
+    assert t.loc[~scored, "p_aligned"].isna().all() and t.loc[scored, "p_aligned"].notna().all()
+    with pytest.raises(jv.JaxValuesError, match=r"rows mask must be \[conditions, prompts\]"):
+        scorer.logits(prompts, conds, rows[:2])
+
+
 def test_no_recompilation_across_conditions(lm, prompts):
     scorer = ChoiceScorer(lm, batch_size=3, seq_multiple=128)  # every toy prompt in one length bucket
     start = scorer.compilations()  # the program is shared by all scorers of this model

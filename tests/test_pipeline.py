@@ -95,6 +95,51 @@ def test_run_end_to_end_then_resume(setup, capsys):
     assert len(pd.read_parquet(run / "controls.parquet")) == 2 * len(targeted)
 
 
+def test_controls_are_scored_on_their_own_dilemmas(setup, capsys):
+    """The run scores all conditions in one masked pass; each random control must equal scoring
+    that control alone on its value's dilemmas."""
+    import jaxvalues as jv
+    from jaxvalues.evaluate.choice import build_choice_prompts, evaluate_choice
+    from jaxvalues.evaluate.controls import random_like
+    from jaxvalues.identify import NeuronSet
+    from jaxvalues.models.intervention import Intervention
+
+    s = _run(setup, capsys, "--out", str(setup / "run_ctrl"))
+    run = setup / "run_ctrl"
+    ns = NeuronSet.load(run / "neurons.parquet")
+    lm = jv.load_model(str(setup / "model"))
+    choice = pd.read_parquet(run / "choice.parquet")
+    base = choice[choice.condition == "baseline"].set_index("record_id")["p_aligned"]
+    ctrl = pd.read_parquet(run / "controls.parquet")
+    recs = load_records(str(setup / "data.jsonl"), kind="evaluation")
+    targeted = [r["value"] for r in s["shift"]]
+    for k, v in enumerate(targeted):
+        maps = random_like(ns.neurons(v), lm.config.num_neurons, 3, seed=k)  # config seed 0
+        own = [r for r in recs if r.value == v]
+        t = evaluate_choice(lm, build_choice_prompts(own, lm.tokenizer),
+                            {f"random:{v}#{r:02d}": Intervention.zero(m) for r, m in enumerate(maps)}, batch_size=8)
+        for name, g in t.groupby("condition"):
+            want = float(np.mean(g["p_aligned"].to_numpy() - base.reindex(g["record_id"]).to_numpy()))
+            got = ctrl[ctrl.condition == name]["delta_p"]
+            assert len(got) == 1 and got.iloc[0] == pytest.approx(want, abs=1e-6), name
+
+
+def test_terminal_summary_fits_80_columns(setup, capsys):
+    from rich.console import Console
+
+    from jaxvalues.pipeline.cli import print_summary
+
+    s = json.loads((setup / "run" / "summary.json").read_text())
+    console = Console(width=80, record=True)
+    print_summary(s, console)
+    text = console.export_text()
+    lines = text.splitlines()
+    table = [l for l in lines if l.split() and l.split()[0] in VALUES]
+    assert sorted(l.split()[0] for l in table) == sorted(r["value"] for r in s["shift"])
+    assert all("…" not in l for l in table)  # nothing truncated
+    assert "perplexity of neutral text: baseline" in text and "report:" in text
+
+
 @pytest.mark.parametrize("patch,message", [
     ({"collect": {"batch_sise": 4}}, "unknown field 'collect.batch_sise' (did you mean 'collect.batch_size'?)"),
     ({"evaluate": {"mode": "delete"}}, "evaluate.mode: expected one of"),

@@ -108,7 +108,8 @@ class RayPool:
         self.max_in_flight, self.resubmits = max(1, int(max_in_flight)), int(resubmits)
         cls = ray.remote(_actor_class())
         opts = self.resources.actor_options()
-        self.actors = [cls.options(**opts).remote(self.source, dtype, self.resources.mesh, self.resources.multihost)
+        self.actors = [cls.options(**opts).remote(self.source, dtype, self.resources.mesh, self.resources.multihost,
+                                                        self.resources.pinned_cores())
                        for _ in range(self.size)]
         self.dead: set[int] = set()
         self.start_timeout_s, self._ready = start_timeout_s, False

@@ -17,12 +17,16 @@ Config (YAML mapping, every key optional; unknown keys are an error naming the k
     mesh: {data: null, model: 1} # device mesh inside a worker (jaxvalues.sharding.make_mesh);
                                  # null (the default) = no mesh, one device
     multihost: false             # true on a multi-host TPU slice: jax.distributed.initialize()
+    pin_cpus: null               # pin each CPU worker to its own `threads` cores (affinity.py);
+                                 # null = yes for CPU workers, no for GPU/TPU workers
 
 Thread env: with `threads: T`, a worker gets XLA_FLAGS "--xla_cpu_multi_thread_eigen=false
 intra_op_parallelism_threads=T" (T = 1) or "intra_op_parallelism_threads=T", plus OMP / MKL /
 OpenBLAS / TF thread counts = T, so W workers on a W-core machine do not oversubscribe it: by
 default every XLA process grabs a thread per core. The environment is applied by Ray's runtime_env,
-i.e. before the worker imports JAX. This module does not import Ray.
+i.e. before the worker imports JAX. This XLA version ignores the thread flags, though: what
+really bounds a CPU worker is its CPU affinity, so CPU workers also pin themselves to cores of
+their own (`pin_cpus`, jaxvalues.distributed.affinity). This module does not import Ray.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class WorkerResources:
     max_task_retries: int = 3
     mesh: dict | None = None
     multihost: bool = False
+    pin_cpus: bool | None = None
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -89,6 +94,8 @@ class WorkerResources:
             raise ConfigError(f"{where}.resources: use num_cpus / num_gpus / tpus for CPU, GPU and TPU")
         if not isinstance(self.env, dict):
             raise ConfigError(f"{where}.env must be a mapping of environment variables")
+        if self.pin_cpus is not None and not isinstance(self.pin_cpus, bool):
+            raise ConfigError(f"{where}.pin_cpus must be true, false or null, got {self.pin_cpus!r}")
         if self.mesh is not None:
             if not isinstance(self.mesh, dict) or set(self.mesh) - {"data", "model"}:
                 raise ConfigError(f"{where}.mesh must be {{data: N|null, model: M}}, got {self.mesh!r}")
@@ -104,6 +111,12 @@ class WorkerResources:
         if self.accelerator == "cpu":
             return max(1, int(self.num_cpus))
         return None
+
+    def pinned_cores(self) -> int | None:
+        """Cores each worker pins itself to (None = no pinning): its thread count, CPU workers only
+        unless pin_cpus is set."""
+        pin = self.accelerator == "cpu" if self.pin_cpus is None else self.pin_cpus
+        return (self.thread_count() or max(1, int(self.num_cpus))) if pin else None
 
     def env_vars(self) -> dict[str, str]:
         """Environment for the worker process (applied before it imports JAX)."""

@@ -18,8 +18,16 @@ from typing import Sequence
 
 
 class ModelWorker:
-    def __init__(self, source: str, dtype: str = "float32", mesh: dict | None = None, multihost: bool = False):
+    def __init__(self, source: str, dtype: str = "float32", mesh: dict | None = None, multihost: bool = False,
+                 pin_cores: int | None = None):
         t0 = time.perf_counter()
+        self.cpu_cores, self._slot = None, None
+        if pin_cores:  # before JAX exists, so its thread pools are sized to the claimed cores
+            from jaxvalues.distributed.affinity import claim_slot, pin_threads
+
+            self.cpu_cores, self._slot = claim_slot(int(pin_cores))
+            if self.cpu_cores is not None:
+                pin_threads(self.cpu_cores)
         if multihost:
             from jaxvalues.distributed.tpu import initialize_jax_distributed
 
@@ -42,6 +50,10 @@ class ModelWorker:
                     var.set_value(np.asarray(var.get_value()))
                 self.lm.state = nnx.from_flat_state(flat)
             shard_model(self.lm, self.mesh)
+        if self.cpu_cores is not None:  # threads started meanwhile by threads other than this one
+            from jaxvalues.distributed.affinity import pin_threads
+
+            pin_threads(self.cpu_cores)
         self.cache: dict = {}  # per context: prompts, baselines, selections (see evaluate.py)
         self.load_seconds = round(time.perf_counter() - t0, 3)
         self.calls = 0
@@ -61,7 +73,8 @@ class ModelWorker:
         return {"pid": os.getpid(), "host": socket.gethostname(), "source": self.source,
                 "devices": [str(d) for d in jax.local_devices()], "process_index": jax.process_index(),
                 "load_seconds": self.load_seconds, "restarted": restarted, "calls": self.calls,
-                "xla_flags": os.environ.get("XLA_FLAGS", "")}
+                "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_cores": self.cpu_cores,
+                "affinity": sorted(os.sched_getaffinity(0))}
 
     def pid(self) -> int:
         return os.getpid()

@@ -20,10 +20,11 @@ Conventions:
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ import numpy as np
 
 from jaxvalues.errors import ConfigError, JaxValuesError
 from jaxvalues.models.decoder import lm_apply, lm_logits
-from jaxvalues.evaluate.batching import batch_arrays, bucket, condition_arrays, flat_batches, round_up
+from jaxvalues.evaluate.batching import ConditionBank, bucket, flat_batches, num_batches, round_up
 from jaxvalues.models.lm import pad_batch
 
 ORDER_NAMES = ("aligned_first", "aligned_second")
@@ -140,35 +141,46 @@ class ChoiceScorer:
         """How many programs the jitted scorer has compiled (shared by all scorers of this model)."""
         return int(self._fn._cache_size())
 
-    def logits(self, prompts: ChoicePrompts, conditions: Sequence) -> np.ndarray:
-        """-> [C, P, 2] float32 logits (aligned label, violating label) per condition and row."""
+    def num_batches(self, prompts: ChoicePrompts, num_conditions: int, rows: np.ndarray | None = None) -> int:
+        """Batches `logits` will run for these prompts and conditions (for a shared progress bar)."""
+        pairs = num_conditions * prompts.num_rows if rows is None else int(np.asarray(rows, bool).sum())
+        return num_batches(pairs, self.batch_size)
+
+    def logits(self, prompts: ChoicePrompts, conditions: Sequence, rows: np.ndarray | None = None,
+               on_batch: Callable[[], None] | None = None) -> np.ndarray:
+        """-> [C, P, 2] float32 logits (aligned label, violating label) per condition and row.
+
+        rows: optional bool [C, P]; pairs left False are not computed and come back NaN.
+        on_batch: called after every batch (drives a caller's progress bar); otherwise, with
+        progress=True, the scorer shows its own bar."""
         cfg = self.lm.config
-        mult_c, add_c = condition_arrays(conditions, cfg.num_layers, cfg.num_neurons)  # [C, L, N]
+        bank = ConditionBank(conditions, cfg.num_layers, cfg.num_neurons)
         c_n, p_n = len(conditions), prompts.num_rows
         vocab, inv = np.unique(prompts.label_ids, return_inverse=True)
         inv = inv.reshape(-1, 2).astype(np.int32)
         u = round_up(len(vocab), 8)  # fixed label-vocab size: no recompilation across datasets
         vocab = np.concatenate([vocab, np.full(u - len(vocab), vocab[0])]).astype(np.int32)
-        out = np.zeros((c_n, p_n, 2), np.float32)
+        out = np.full((c_n, p_n, 2), np.nan if rows is not None else 0.0, np.float32)
         vocab_j = jnp.asarray(vocab)
-        batches = list(flat_batches(prompts.lengths, c_n, self.batch_size))
+        batches = list(flat_batches(prompts.lengths, c_n, self.batch_size, rows))
         bar = None
-        if self.progress:
+        if on_batch is None and self.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             bar = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                            TimeRemainingColumn(), transient=False)
             task = bar.add_task("evaluate", total=len(batches))
             bar.start()
+            on_batch = partial(bar.advance, task)
         try:
             for pi, ci, n in batches:
                 ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], self.seq_multiple)
-                mult, add = batch_arrays(mult_c, add_c, ci)
+                mult, add = bank.batch(ci)
                 res = self._fn(self.lm.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(mult),
                                jnp.asarray(add), vocab_j, jnp.asarray(inv[pi]))
                 out[ci[:n], pi[:n]] = np.asarray(res)[:n]
-                if bar is not None:
-                    bar.advance(task)
+                if on_batch is not None:
+                    on_batch()
         finally:
             if bar is not None:
                 bar.stop()
@@ -189,7 +201,8 @@ def choice_table(prompts: ChoicePrompts, logits: np.ndarray, names: Sequence[str
 
     Columns: condition, record_id, pair_id, value, lang, p_aligned_first, p_aligned_second,
     p_aligned, position_bias, chose_aligned. An order a dilemma was not rendered in is NaN and
-    p_aligned is then the other order alone."""
+    p_aligned is then the other order alone; a dilemma not scored at all under a condition
+    (ChoiceScorer.logits(rows=...)) has NaN p_aligned and chose_aligned False."""
     import pandas as pd
 
     if len(names) != logits.shape[0]:
@@ -198,7 +211,9 @@ def choice_table(prompts: ChoicePrompts, logits: np.ndarray, names: Sequence[str
     d_n = len(prompts.meta)
     per = np.full((len(names), d_n, 2), np.nan)
     per[:, prompts.dilemma, prompts.order] = p
-    p_mean = np.nanmean(per, axis=2)
+    with warnings.catch_warnings():  # a dilemma not scored under a condition (rows mask) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p_mean = np.nanmean(per, axis=2)
     bias = (per[..., 0] - per[..., 1]) / 2.0
     frames = []
     meta = pd.DataFrame(prompts.meta)

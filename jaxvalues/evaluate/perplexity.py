@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvalues.errors import ConfigError, DataError, JaxValuesError
-from jaxvalues.evaluate.batching import batch_arrays, bucket, condition_arrays, flat_batches
+from jaxvalues.evaluate.batching import ConditionBank, bucket, flat_batches
 from jaxvalues.models.decoder import lm_apply, lm_logits
 from jaxvalues.models.lm import pad_batch
 
@@ -90,13 +90,13 @@ def text_nll(lm, ids: np.ndarray, mask: np.ndarray, conditions: Sequence, batch_
              seq_multiple: int = 32):
     """-> (nll [C, T] float64, tokens [C, T] int64) for left-padded ids/mask [T, S]."""
     cfg = lm.config
-    mult_c, add_c = condition_arrays(conditions, cfg.num_layers, cfg.num_neurons)
+    bank = ConditionBank(conditions, cfg.num_layers, cfg.num_neurons)
     fn = _program(lm)
     nll = np.zeros((len(conditions), ids.shape[0]))
     cnt = np.zeros((len(conditions), ids.shape[0]), np.int64)
     for pi, ci, n in flat_batches(mask.sum(1), len(conditions), batch_size):
         b_ids, b_mask = bucket(ids[pi], mask[pi], seq_multiple)
-        mult, add = batch_arrays(mult_c, add_c, ci)
+        mult, add = bank.batch(ci)
         s, k = fn(lm.state, jnp.asarray(b_ids), jnp.asarray(b_mask), jnp.asarray(mult), jnp.asarray(add))
         nll[ci[:n], pi[:n]] = np.asarray(s)[:n]
         cnt[ci[:n], pi[:n]] = np.asarray(k)[:n]

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from jaxvalues.errors import ConfigError, JaxValuesError
-from jaxvalues.evaluate.batching import batch_arrays, bucket, condition_arrays, flat_batches
+from jaxvalues.evaluate.batching import ConditionBank, bucket, flat_batches
 from jaxvalues.evaluate.choice import ORDER_NAMES
 from jaxvalues.evaluate.support_parse import parse_support
 from jaxvalues.models.lm import pad_batch
@@ -78,12 +78,12 @@ def generate_replies(lm, prompts: SupportPrompts, conditions: Sequence, max_new_
                      batch_size: int = 8, seq_multiple: int = 32) -> list[list[str]]:
     """Greedy replies -> replies[c][p] for every condition c and prompt row p."""
     cfg = lm.config
-    mult_c, add_c = condition_arrays(conditions, cfg.num_layers, cfg.num_neurons)
+    bank = ConditionBank(conditions, cfg.num_layers, cfg.num_neurons)
     out: list[list[str]] = [[""] * prompts.num_rows for _ in range(len(conditions))]
     eos = set(lm.eos_ids)
     for pi, ci, n in flat_batches(prompts.lengths, len(conditions), int(batch_size)):
         ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], seq_multiple)
-        new = lm.generate(ids, max_new_tokens, intervention=batch_arrays(mult_c, add_c, ci), attention_mask=mask,
+        new = lm.generate(ids, max_new_tokens, intervention=bank.batch(ci), attention_mask=mask,
                           return_text=False)
         for k in range(n):
             out[ci[k]][pi[k]] = _decode(lm.tokenizer, np.asarray(new[k]), eos)

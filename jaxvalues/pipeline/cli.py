@@ -36,29 +36,42 @@ def _cmd(args) -> int:
 
 
 def print_summary(summary: dict, console) -> None:
+    from rich import box
     from rich.table import Table
 
+    def num(x, fmt):
+        return format(x, fmt) if x == x else "n/a"  # NaN -> n/a
+
     b = summary["baseline"]
-    t = Table(title=f"{summary['name']}: switching value neurons off ({summary['mode']}) — Δ P(aligned)")
-    for col in ("value", "neurons", "baseline P", "targeted Δ", "95% CI", "random Δ (mean ± sd)", "z", "p"):
-        t.add_column(col, justify="right" if col != "value" else "left")
+    # fits an 80-column terminal: no vertical rules, one space between columns
+    t = Table(title=f"{summary['name']}: value neurons switched off ({summary['mode']}) — Δ P(aligned)",
+              caption="n: neurons of the value · P0: baseline P(aligned) on its dilemmas · "
+                      "Δ: targeted shift with bootstrap 95% CI · random: mean ± sd over controls",
+              box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False)
+    for col in ("value", "n", "P0", "Δ", "95% CI", "random", "z", "p"):
+        t.add_column(col, justify="left" if col == "value" else "right", no_wrap=True)
     for r in summary["shift"]:
+        ctrl = (f"{r['control_mean']:+.4f}±{r['control_sd']:.4f}" if r["control_mean"] == r["control_mean"]
+                else "n/a")
         t.add_row(r["value"], str(r["neurons"]), f"{r['baseline_p']:.3f}", f"{r['targeted']:+.4f}",
-                  f"[{r['targeted_lo']:+.3f}, {r['targeted_hi']:+.3f}]",
-                  f"{r['control_mean']:+.4f} ± {r['control_sd']:.4f}" if r["control_mean"] == r["control_mean"] else "n/a",
-                  f"{r['z']:.2f}" if r["z"] == r["z"] else "n/a", f"{r['p']:.3f}" if r["p"] == r["p"] else "n/a")
+                  f"[{r['targeted_lo']:+.4f},{r['targeted_hi']:+.4f}]", ctrl, num(r["z"], ".2f"), num(r["p"], ".3f"))
     console.print(t)
     console.print(f"baseline: P(aligned) {b['p_aligned']:.3f}, aligned-choice rate {b['aligned_rate']:.3f}, "
                   f"position bias {b['position_bias']:+.3f}")
     if summary.get("no_neurons"):
         console.print(f"values without neurons: {', '.join(summary['no_neurons'])}")
     lk = summary["leakage"]
-    if "ratio" in lk or "diagonal_mean" in lk:
-        console.print("leakage: " + ", ".join(f"{k} {v:.4g}" for k, v in lk.items()
-                                              if isinstance(v, (int, float)) and k not in ("values",)))
-    if summary.get("perplexity"):
-        for cond, per in summary["perplexity"].items():
+    if "diag_mean" in lk:
+        console.print(f"leakage: mean |Δ| on the value's own dilemmas {lk['diag_mean']:.4f}, on other values' "
+                      f"{lk['offdiag_mean']:.4f} (ratio {lk['ratio']:.2f}); {lk['rows_dominant']}/{lk['num_values']}"
+                      " values move their own dilemmas most")
+    ppl = summary.get("perplexity") or {}
+    if ppl:
+        parts = []
+        for cond, per in ppl.items():
             a = per.get("all", {})
-            console.print(f"perplexity ({cond}): {a.get('ppl', float('nan')):.2f}"
-                          + (f" (× {a['ratio_to_baseline']:.3f} of baseline)" if "ratio_to_baseline" in a else ""))
+            ratio = a.get("ratio_to_baseline")
+            parts.append(f"{cond} {a.get('ppl', float('nan')):.2f}"
+                         + (f" (×{ratio:.3f})" if ratio is not None and cond != "baseline" else ""))
+        console.print("perplexity of neutral text: " + ", ".join(parts))
     console.print(f"report: [bold]{summary.get('report')}[/bold]")

@@ -188,7 +188,7 @@ def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console, progress: bool = 
     import pandas as pd
 
     from jaxvalues.data.io import load_records
-    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts, evaluate_choice
+    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts, choice_table
     from jaxvalues.evaluate.controls import control_report, diagonal_dominance, random_like
     from jaxvalues.evaluate.metrics import bootstrap_ci
     from jaxvalues.evaluate.perplexity import load_neutral_corpus, perplexity_table, summarize_perplexity
@@ -213,11 +213,26 @@ def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console, progress: bool = 
         return Intervention.set(neurons, means)
 
     targeted = [v for v in values if v in ns.values and len(ns.pairs(v))]
-    scorer = ChoiceScorer(lm, e["batch_size"], progress=progress)
+    scorer = ChoiceScorer(lm, e["batch_size"])
     prompts = build_choice_prompts(recs, lm.tokenizer)
     conds = {"baseline": None, **{f"value:{v}": make(ns.neurons(v)) for v in targeted}}
-    _say(console, f"evaluate: {len(recs)} dilemmas × 2 orders × {len(conds)} conditions")
-    table = evaluate_choice(lm, prompts, conds, scorer=scorer)
+    # random controls: same per-layer counts as value v, scored on v's own dilemmas only
+    ctrl_of: dict[str, str] = {}
+    for k, v in enumerate(targeted):
+        if e["controls"]:
+            maps = random_like(ns.neurons(v), N, e["controls"], seed=cfg["seed"] * 1000 + k)
+            for r, m in enumerate(maps):
+                conds[f"random:{v}#{r:02d}"] = make(m)
+                ctrl_of[f"random:{v}#{r:02d}"] = v
+    names = list(conds)
+    row_value = np.array([prompts.meta[d]["value"] for d in prompts.dilemma])
+    rows = np.array([np.ones(prompts.num_rows, bool) if n not in ctrl_of else row_value == ctrl_of[n]
+                     for n in names])
+    n_main = 1 + len(targeted)
+    _say(console, f"evaluate: {len(recs)} dilemmas × 2 orders × {n_main} conditions"
+                  f" + {len(ctrl_of)} random controls on their value's dilemmas")
+    logits = _score(scorer, prompts, [conds[n] for n in names], rows, progress)
+    table = choice_table(prompts, logits[:n_main], names[:n_main])
 
     base = table[table.condition == "baseline"].set_index("record_id")["p_aligned"]
     table["delta_p"] = table["p_aligned"].to_numpy() - base.reindex(table["record_id"]).to_numpy()
@@ -232,23 +247,20 @@ def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console, progress: bool = 
         for j, u in enumerate(values):
             leak[i, j] = sub[sub.value == u]["delta_p"].mean()
 
-    # random controls on each value's own dilemmas
-    rows, shift = [], []
-    for k, v in enumerate(targeted):
-        recs_v = [r for r in recs if r.value == v]
+    ctab = choice_table(prompts, logits[n_main:], names[n_main:]) if ctrl_of else None
+    rows_out, shift = [], []
+    for v in targeted:
         own = table[(table.condition == f"value:{v}")]
         own_delta = own[own.value == v]["delta_p"].to_numpy()
-        ctrl = {}
-        if e["controls"]:
-            maps = random_like(ns.neurons(v), N, e["controls"], seed=cfg["seed"] * 1000 + k)
-            ctrl = {f"random:{v}#{r:02d}": make(m) for r, m in enumerate(maps)}
-            pv = build_choice_prompts(recs_v, lm.tokenizer)
-            tv = evaluate_choice(lm, pv, ctrl, scorer=scorer)
-            for name, g in tv.groupby("condition", sort=False):
+        if ctab is not None:
+            mine = ctab[ctab.condition.map(ctrl_of) == v]
+            mine = mine[mine.value == v]
+            for name, g in mine.groupby("condition", sort=False):
                 b = base.reindex(g["record_id"]).to_numpy()
-                rows.append({"value": v, "condition": name, "delta_p": float(np.mean(g["p_aligned"].to_numpy() - b)),
-                             "flip_rate": float(np.mean(g["chose_aligned"].to_numpy() != (b > 0.5)))})
-        ctrl_effects = [r["delta_p"] for r in rows if r["value"] == v]
+                rows_out.append({"value": v, "condition": name,
+                                 "delta_p": float(np.mean(g["p_aligned"].to_numpy() - b)),
+                                 "flip_rate": float(np.mean(g["chose_aligned"].to_numpy() != (b > 0.5)))})
+        ctrl_effects = [r["delta_p"] for r in rows_out if r["value"] == v]
         rep = control_report(float(np.mean(own_delta)), ctrl_effects)
         lo, hi = bootstrap_ci(own_delta, e["bootstrap"], seed=cfg["seed"])
         base_v = base.reindex(own[own.value == v]["record_id"]).to_numpy()
@@ -257,7 +269,7 @@ def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console, progress: bool = 
                       "targeted_hi": float(hi), "control_mean": rep["control_mean"], "control_sd": rep["control_sd"],
                       "z": rep["z"], "p": rep["p_empirical"],
                       "flip_rate": float(np.mean((own[own.value == v]["p_aligned"].to_numpy() > 0.5) != (base_v > 0.5)))})
-    rd.write_parquet("controls.parquet", pd.DataFrame(rows, columns=["value", "condition", "delta_p", "flip_rate"]))
+    rd.write_parquet("controls.parquet", pd.DataFrame(rows_out, columns=["value", "condition", "delta_p", "flip_rate"]))
 
     # general-capability cost: perplexity of neutral text with all value neurons off
     ppl = None
@@ -284,6 +296,18 @@ def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console, progress: bool = 
                     **diagonal_dominance(pd.DataFrame(np.nan_to_num(leak), index=values, columns=values))},
         "perplexity": ppl, "compilations": scorer.compilations(),
     }
+
+
+def _score(scorer, prompts, conditions, rows, progress: bool):
+    """All evaluation conditions in one pass of the scorer, behind one progress bar."""
+    if not progress:
+        return scorer.logits(prompts, conditions, rows)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                  TimeRemainingColumn()) as bar:
+        task = bar.add_task("evaluate", total=scorer.num_batches(prompts, len(conditions), rows))
+        return scorer.logits(prompts, conditions, rows, on_batch=lambda: bar.advance(task))
 
 
 def _meta(lm, cfg, timings) -> dict:
