@@ -6,7 +6,7 @@ same cores (torch.set_num_threads(--threads); JAX's pool spans the same cores), 
 median of --reps runs after one warm-up run. Baselines: see bench/torch_baselines.py.
 Throughput counts real (non-padding) tokens. Also cross-checks the statistics of the three.
 
-    .venv/bin/python bench/bench_collect.py [--values integrity] [--limit N] [--batch-size 16]
+    .venv/bin/python bench/bench_collect.py [--values integrity] [--limit N] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main(argv=None):
                    help="comma-separated values whose records are used ('all' = the 12); 60 records each")
     p.add_argument("--limit", type=int, default=32,
                    help="at most this many records, round-robin over the values (0 = all)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--extra-buckets", default="0",
                    help="also time jaxvalues with buckets at every multiple of this many tokens (0 = skip)")
     p.add_argument("--no-naive", action="store_true")

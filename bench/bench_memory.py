@@ -4,7 +4,7 @@ The child loads the model, records RSS after loading, runs `collect` over the ex
 run repeats the 1× examples 8 times: same batch shapes, 8× the batches) and reports its peak RSS
 (ru_maxrss). Targets: the 8× peak within 5% of the 1× peak, and peak ≤ weights + 1.5 GB.
 
-    .venv/bin/python bench/bench_memory.py [--records 16] [--scale 8]
+    .venv/bin/python bench/bench_memory.py [--records 16] [--scale 8] [--batch-size 8] [--compare-batch-size 16]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def child(args):
            "peak_collect": _vm_hwm() if reset else float("nan"),
            "rss_end": psutil.Process().memory_info().rss, "weights": C.weight_bytes(lm),
            "collect_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0,
-           "batches": stats.meta["collect"]["batches"]}
+           "batches": stats.meta["collect"]["batches"], "torch_imported": "torch" in sys.modules}
     if args.child_scale == 1:  # XLA's buffer sizes for the first batch shape of the plan
         import jax.numpy as jnp
 
@@ -102,7 +102,9 @@ def main(argv=None):
     p.add_argument("--records", type=int, default=16, help="records in the 1× run (one value)")
     p.add_argument("--value", default="integrity")
     p.add_argument("--scale", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--compare-batch-size", type=int, default=16, help="also measure the 1× data at this batch "
+                   "size (0: skip)")
     p.add_argument("--child-scale", type=int, default=0, help=argparse_hide())
     args = C.finish_args(p.parse_args(argv))
     if args.child_scale:
@@ -111,39 +113,49 @@ def main(argv=None):
         args.records = min(args.records, 4)
     info = C.machine_info()
     res = {}
-    for scale in (1, args.scale):
+    runs = [(1, args.batch_size), (args.scale, args.batch_size)]
+    if args.compare_batch_size and args.compare_batch_size != args.batch_size:
+        runs.append((1, args.compare_batch_size))
+    for scale, bs in runs:
         cmd = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--records", str(args.records),
-               "--value", args.value, "--batch-size", str(args.batch_size), "--child-scale", str(scale)]
+               "--value", args.value, "--batch-size", str(bs), "--child-scale", str(scale)]
         print("$", " ".join(cmd), flush=True)
         r = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
         if r.returncode or not line:
             print(r.stdout[-3000:], r.stderr[-3000:])
-            raise SystemExit(f"child run (scale {scale}) failed with code {r.returncode}")
-        res[scale] = json.loads(line[0][7:])
-        print(res[scale])
-    a, b = res[1], res[args.scale]
+            raise SystemExit(f"child run (scale {scale}, batch {bs}) failed with code {r.returncode}")
+        res[(scale, bs)] = json.loads(line[0][7:])
+        res[(scale, bs)]["batch_size"] = bs
+        print(res[(scale, bs)])
+    a, b = res[(1, args.batch_size)], res[(args.scale, args.batch_size)]
     gb = 1e9
     ratio = b["peak_collect"] / a["peak_collect"]
-    for r in (a, b):  # the whole process: loading (before the reset) or collection, whichever is higher
+    for r in res.values():  # the whole process: loading (before the reset) or collection, whichever is higher
         r["peak_process"] = max(r["peak_rss_after_load"], r["peak_collect"])
     ratio_proc = b["peak_process"] / a["peak_process"]
     budget = a["weights"] + 1.5 * gb
-    rows = [[f"{s}×", r["examples"], r["tokens"], r["batches"], f"{r['weights'] / gb:.2f}",
+    rows = [[f"{s}×", bs, r["examples"], r["tokens"], r["batches"], f"{r['weights'] / gb:.2f}",
              f"{r['peak_rss_after_load'] / gb:.2f}", f"{r['rss_after_load'] / gb:.2f}",
              f"{r['peak_collect'] / gb:.2f}", f"{r['peak_warm'] / gb:.2f}", f"{r['rss_end'] / gb:.2f}",
              f"{r['peak_process'] / gb:.2f}",
-             f"{r['collect_s']:.1f}"] for s, r in res.items()]
-    tab = C.table(["data", "examples", "tokens", "batches", "weights GB", "peak RSS of loading GB",
+             f"{r['collect_s']:.1f}"] for (s, bs), r in res.items()]
+    tab = C.table(["data", "batch size", "examples", "tokens", "batches", "weights GB", "peak RSS of loading GB",
                    "RSS after load GB", "peak RSS during collection GB", "same, 2nd run (compiled) GB", "RSS at end GB",
                    "peak RSS of the process GB", "collect s"], rows)  # process = max(loading, collection)
     peak = max(a["peak_collect"], b["peak_collect"])
     warm = max(a["peak_warm"], b["peak_warm"])
+    cmp_line = ""
+    if len(res) > 2:
+        (_, cb), c = list(res.items())[2]
+        cmp_line = (f" For comparison, batch size {cb} (the 1× data): collection peak {c['peak_collect'] / gb:.2f} GB, "
+                    f"{c['peak_warm'] / gb:.2f} GB compiled; XLA temporaries grow with the tokens per batch.")
     v1 = "met" if abs(ratio - 1) <= 0.05 else "MISSED"
     v2 = "met" if peak <= budget else "MISSED"
     body = f"""
 Model `{args.model}` (float32), {args.records} activation records of {args.value} (1×) and the same records
-repeated {args.scale} times ({args.scale}×), batch size {args.batch_size}, token selection "all"; each run in a
+repeated {args.scale} times ({args.scale}×), batch size {args.batch_size} (collect's default and the experiment
+configs'), token selection "all"; each run in a
 fresh subprocess. "Peak RSS during collection" is the kernel's VmHWM after resetting it once the model
 is loaded (/proc/self/clear_refs); "peak RSS of loading" is ru_maxrss just before that reset; "peak RSS of the
 process" is the larger of the two.
@@ -152,12 +164,13 @@ process" is the larger of the two.
 
 Targets (collection): peak RSS {args.scale}× / 1× = **{ratio:.3f} — {v1}** (within 5%; whole process incl. loading:
 {ratio_proc:.3f}); peak ≤ weights + 1.5 GB = {budget / gb:.2f} GB: **{peak / gb:.2f} GB — {v2}** (the same collection again, programs already compiled:
-{warm / gb:.2f} GB — {_warm_word(peak, warm, budget)}). {_xla_line(a)} Loading the model
-peaks at {a['peak_rss_after_load'] / gb:.2f} GB ({a['peak_rss_after_load'] / a['weights']:.2f}× the weights) before collection starts: the converted
-safetensors copy is memory-mapped (np.memmap in jaxvalues.loading) while its tensors are copied into JAX arrays, and
-the mapped file pages count in RSS until the map is released.
+{warm / gb:.2f} GB — {_warm_word(peak, warm, budget)}).{cmp_line} {_xla_line(a)} Loading the model
+peaks at {a['peak_rss_after_load'] / gb:.2f} GB ({a['peak_rss_after_load'] / a['weights']:.2f}× the weights) before collection starts:
+each tensor of the converted float32 copy is read into a NumPy buffer and then copied into a JAX array, so about
+one tensor's worth of buffers is alive beside the weights. The process imports transformers only for the
+tokenizer, and not torch (torch imported: {a.get('torch_imported')}).
 """
-    C.write_section(args, "memory", "Memory (peak RSS of collection)", body, info, {"runs": res})
+    C.write_section(args, "memory", "Memory (peak RSS of collection)", body, info, {"runs": {f"{s}x_batch{bs}": r for (s, bs), r in res.items()}})
 
 
 def argparse_hide():

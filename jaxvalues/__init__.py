@@ -11,25 +11,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "load_model": ("jaxvalues.loading", "load_model"),
-    "LanguageModel": ("jaxvalues.models.lm", "LanguageModel"),
-    "ModelConfig": ("jaxvalues.models.config", "ModelConfig"),
-    "Intervention": ("jaxvalues.models.intervention", "Intervention"),
-    "NeuronSet": ("jaxvalues.identify.neuronset", "NeuronSet"),
-    "VALUES": ("jaxvalues.data.values", "VALUES"),
-    "load_records": ("jaxvalues.data.io", "load_records"),
-    "JaxValuesError": ("jaxvalues.errors", "JaxValuesError"),
-}
+from jaxvalues._lazy import lazy_exports  # noqa: E402
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        mod, attr = _LAZY[name]
-        return getattr(importlib.import_module(mod), attr)
-    raise AttributeError(f"module 'jaxvalues' has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, {
+    "load_model": "jaxvalues.loading",
+    "LanguageModel": "jaxvalues.models.lm",
+    "ModelConfig": "jaxvalues.models.config",
+    "Intervention": "jaxvalues.models.intervention",
+    "NeuronSet": "jaxvalues.identify.neuronset",
+    "VALUES": "jaxvalues.data.values",
+    "load_records": "jaxvalues.data.io",
+    "JaxValuesError": "jaxvalues.errors",
+})

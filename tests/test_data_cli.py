@@ -6,37 +6,8 @@ import pytest
 
 from jaxvalues.cli import main
 from jaxvalues.data.io import load_records, write_jsonl
-from jaxvalues.data.schema import ActivationRecord, EvaluationRecord
 
-HEADER = ["Type", "Context", "Action1", "Action2"]
-
-
-def sample_records():
-    return [
-        ActivationRecord("act-integrity-001-zh", "zh", "act-integrity-001", "integrity", "诚信 vs 友情",
-                         "我负责报销审核，好朋友交来一张多报了金额的发票。", "按规定退回发票并说明原因。",
-                         "诚信不能因为关系亲近就打折扣。", "睁一只眼闭一只眼批准。"),
-        ActivationRecord("act-integrity-001-en", "en", "act-integrity-001", "integrity", "Integrity vs friendship",
-                         "I review expense claims, and a close friend handed in a padded receipt.",
-                         "Return the receipt and explain why.", "Honesty cannot bend for friends.", "Approve it."),
-        EvaluationRecord("eval-harmony-002-zh", "zh", "eval-harmony-002", "harmony", "和谐 vs 个人便利",
-                         "深夜楼上邻居一直在装修，我第二天一早要考试。", "上楼礼貌地请他们暂停。", "在业主群里公开指责他们。"),
-        EvaluationRecord("eval-harmony-002-en", "en", "eval-harmony-002", "harmony", "Harmony vs convenience",
-                         "My upstairs neighbours renovate late at night and I have an exam at dawn.",
-                         "Go upstairs and politely ask them to pause.", "Shame them in the building group chat."),
-    ]
-
-
-def write_workbook(path, sheets):
-    import openpyxl
-
-    wb = openpyxl.Workbook()
-    wb.remove(wb.active)
-    for title, rows in sheets.items():
-        ws = wb.create_sheet(title)
-        for row in rows:
-            ws.append(row)
-    wb.save(path)
+from _data_samples import HEADER, sample_records, write_workbook
 
 
 @pytest.fixture

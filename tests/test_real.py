@@ -64,3 +64,27 @@ def test_demo_config_runs_reduced(tmp_path, capsys):
     assert 0.0 <= s["baseline"]["p_aligned"] <= 1.0
     for r in s["shift"]:
         assert r["neurons"] > 0 and np.isfinite(r["targeted"])
+
+
+def test_packaged_model_loads_without_torch_and_tokenizes_like_autotokenizer(lm):
+    """Loading a packaged model never imports torch (jaxvalues runs without it), and the tokenizer
+    class taken from tokenizer_config.json tokenizes exactly as transformers' AutoTokenizer."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, jaxvalues as jv; lm = jv.load_model({MODEL!r}); "
+            "print('torch' in sys.modules, type(lm.tokenizer).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False", "loading a packaged model imported torch"
+    from transformers import AutoTokenizer
+
+    from jaxvalues.zoo.fetch import converted_dir
+
+    auto = AutoTokenizer.from_pretrained(str(converted_dir(MODEL) / "tokenizer"))
+    assert type(auto).__name__ == out[1] == type(lm.tokenizer).__name__
+    texts = ["我在公司发现同事篡改了报销单。", "A friend asks me to lie for him.", "  mixed 中文 and English\n"]
+    for t in texts:
+        assert lm.tokenizer(t)["input_ids"] == auto(t)["input_ids"]
+    msgs = [{"role": "user", "content": texts[0]}]
+    assert (lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            == auto.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))

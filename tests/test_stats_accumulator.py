@@ -107,18 +107,22 @@ def test_pytree_roundtrip():
 
 
 def test_chunked_scan_reduction_is_identical(monkeypatch):
-    """Large N reduces tokens in scan chunks (with padding): same digits bit for bit."""
+    """Large B·S·N reduces tokens in scan chunks: same digits bit for bit; the batch Partial is
+    the sum of the row Partials."""
     import jax
 
     import jaxvalues.stats.accumulator as acc
 
     rng = np.random.default_rng(5)
-    acts = tuple(rng.standard_normal((3, 37, N)).astype(np.float32) for _ in range(L))  # 111 tokens
-    count = (rng.random((3, 37)) < 0.8).astype(np.int32)
-    whole = jax.jit(acc.reduce_acts)(acts, count)
-    monkeypatch.setattr(acc, "CHUNK_ELEMENTS", 16 * N)  # 16 tokens per step: 7 steps, 1 padded
-    assert acc.chunk_tokens(111, N) == 16
-    chunked = jax.jit(acc.reduce_acts)(acts, count)
+    acts = tuple(rng.standard_normal((3, 32, N)).astype(np.float32) for _ in range(L))  # 96 tokens
+    count = (rng.random((3, 32)) < 0.8).astype(np.int32)
+    whole = jax.jit(acc.reduce_acts_rows)(acts, count)
+    monkeypatch.setattr(acc, "CHUNK_ELEMENTS", 3 * 8 * N)  # 8 positions of every row per step: 4 steps
+    chunked = jax.jit(acc.reduce_acts_rows)(acts, count)
     for a, b in zip(whole, chunked):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert int(whole.tokens) == count.sum()
+    np.testing.assert_array_equal(np.asarray(whole.tokens), count.sum(1))
+    batch = jax.jit(acc.reduce_acts)(acts, count)
+    for a, b in zip(batch, whole):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b).sum(0))
+    assert int(batch.tokens) == count.sum()

@@ -16,6 +16,8 @@ output, resume), sweep.py (the sweep runner), progress.py, tpu.py (multi-host TP
 
 from __future__ import annotations
 
+from jaxvalues._lazy import lazy_exports
+
 _LAZY = {
     "WorkerResources": "jaxvalues.distributed.resources",
     "connect": "jaxvalues.distributed.cluster",
@@ -37,12 +39,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jaxvalues.distributed' has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

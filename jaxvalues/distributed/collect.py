@@ -1,7 +1,7 @@
 """Sharded collection: shards -> workers -> exact merge in shard order.
 
     with RayPool(source, size=4, resources=res) as pool:            # or LocalPool(source)
-        stats = collect_sharded(pool, examples, conditions, shard_size=256, batch_size=16)
+        stats = collect_sharded(pool, examples, conditions, shard_size=256, batch_size=8)
         stats = collect_sharded(pool, records, records=True, scheme="values", token_selection="rationale")
 
 The items (pre-tokenized `TokenizedExample`s, or activation records that each worker tokenizes

@@ -18,6 +18,8 @@ Typical use:
 
 from __future__ import annotations
 
+from jaxvalues._lazy import lazy_exports
+
 # imported lazily: `jaxvalues --help` imports evaluate.cli and must not pay for jax
 _LAZY = {
     "choice": ("ChoicePrompts", "ChoiceScorer", "build_choice_prompts", "choice_table", "evaluate_choice"),
@@ -28,13 +30,5 @@ _LAZY = {
     "support": ("build_support_prompts", "evaluate_support"),
     "support_parse": ("parse_support",),
 }
-_WHERE = {name: mod for mod, names in _LAZY.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"jaxvalues.evaluate.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'jaxvalues.evaluate' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, {name: f"jaxvalues.evaluate.{mod}" for mod, names in _LAZY.items()
+                                                    for name in names})

@@ -10,6 +10,8 @@ Names are imported lazily (the CLI imports `jaxvalues.identify.cli` without JAX)
 
 from __future__ import annotations
 
+from jaxvalues._lazy import lazy_exports
+
 _LAZY = {
     "NeuronSet": "jaxvalues.identify.neuronset",
     "jaccard": "jaxvalues.identify.neuronset",
@@ -32,12 +34,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jaxvalues.identify' has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

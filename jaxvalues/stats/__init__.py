@@ -10,6 +10,8 @@ does not import JAX.
 
 from __future__ import annotations
 
+from jaxvalues._lazy import lazy_exports
+
 _LAZY = {
     "NeuronStats": "jaxvalues.stats.accumulator",
     "Partial": "jaxvalues.stats.accumulator",
@@ -26,12 +28,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jaxvalues.stats' has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

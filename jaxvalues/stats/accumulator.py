@@ -72,59 +72,23 @@ def fixed_point_digits(x):
 _SCALES = np.array([2.0 ** (-DIGIT_BITS * j) for j in range(NUM_DIGITS + 1)], np.float32)
 
 
-def chunk_tokens(tokens: int, neurons: int) -> int:
-    """Tokens reduced per scan step: the largest power of two <= tokens with chunk·N <= CHUNK_ELEMENTS."""
-    c, cap = 1, min(tokens, max(1, CHUNK_ELEMENTS // neurons))
-    while c * 2 <= cap:
-        c *= 2
-    return c
-
-
 def reduce_acts(acts: Sequence[jax.Array], count) -> Partial:
     """acts: L arrays [B, S, N] float32; count [B, S] (1 = count this token). Jittable.
 
-    Tokens are reduced in chunks (a `lax.scan` when there is more than one) so the digit arrays
-    of a chunk, not of the whole batch, are what a backend may materialise. The caller
-    guarantees B·S <= MAX_BATCH_TOKENS (int32 digit sums cannot overflow)."""
-    w = count.astype(jnp.int32).reshape(-1)
-    t, n = w.shape[0], acts[0].shape[-1]
-    c = chunk_tokens(t, n)
-    steps = -(-t // c)
-    pad = steps * c - t
-    wc = jnp.pad(w, (0, pad)).reshape(steps, c)
-
-    def body(carry, xs):
-        x, wk = xs  # [c, N], [c]
-        wk = wk[:, None]
-        active = jnp.sum(jnp.where(x > 0, wk, 0), axis=0, dtype=jnp.int32)
-        d, clip = fixed_point_digits(jnp.stack([x, x * x]))  # [2, c, N, D]
-        digits = jnp.sum(d * wk[None, :, :, None], axis=1, dtype=jnp.int32)  # [2, N, D]
-        clipped = jnp.sum(clip & (wk[None] > 0), dtype=jnp.int32)
-        return (carry[0] + active, carry[1] + digits, carry[2] + clipped), None
-
-    init = (jnp.zeros((n,), jnp.int32), jnp.zeros((2, n, NUM_DIGITS), jnp.int32), jnp.int32(0))
-    active, digits, clipped = [], [], jnp.int32(0)
-    for a in acts:
-        x = jnp.pad(a.astype(jnp.float32).reshape(t, n), ((0, pad), (0, 0))).reshape(steps, c, n)
-        if steps == 1:
-            (act, dig, clip), _ = body(init, (x[0], wc[0]))
-        else:
-            (act, dig, clip), _ = jax.lax.scan(body, init, (x, wc))
-        active.append(act)
-        digits.append(dig)
-        clipped = clipped + clip
-    digits = jnp.stack(digits, axis=1).transpose(0, 3, 1, 2)  # [2, D, L, N]
-    return Partial(tokens=jnp.sum(w, dtype=jnp.int32), active=jnp.stack(active), sum_digits=digits[0],
-                   sumsq_digits=digits[1], clipped=clipped)
+    One Partial for the whole batch: the row sums of `reduce_acts_rows` (integers, so exact). The
+    caller guarantees B·S <= MAX_BATCH_TOKENS (int32 digit sums cannot overflow)."""
+    rows = reduce_acts_rows(acts, count)
+    return Partial(*(jnp.sum(f, axis=0, dtype=jnp.int32) for f in rows))
 
 
 def reduce_acts_rows(acts: Sequence[jax.Array], count) -> Partial:
-    """Like `reduce_acts`, one Partial per row: acts L arrays [B, S, N]; count [B, S].
+    """The statistics of a batch, one Partial per row: acts L arrays [B, S, N]; count [B, S]. Jittable.
 
     Returns a Partial whose fields have a leading B axis (tokens [B], active [B, L, N], digit
     sums [B, D, L, N], clipped [B]), so rows of different conditions can share a batch. Tokens
     are reduced in chunks of c positions of every row (c = the largest power of two dividing S
-    with B·c·N <= CHUNK_ELEMENTS), which bounds the temporaries as `reduce_acts` does."""
+    with B·c·N <= CHUNK_ELEMENTS, a `lax.scan` when there is more than one chunk), so the digit
+    arrays of a chunk, not of the whole batch, are what a backend may materialise."""
     b, s = count.shape
     n = acts[0].shape[-1]
     cap = max(1, CHUNK_ELEMENTS // (n * b))

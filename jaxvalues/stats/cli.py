@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                    help="conditions: the 12 values, or value-support / value-conflict (24)")
     p.add_argument("--token-selection", choices=("all", "rationale", "last_k"), default="all")
     p.add_argument("--k", type=int, default=16, help="tokens counted per example with last_k")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=65536, help="max tokens per batch (rows × length)")
     p.add_argument("--max-records", type=int, help="use at most this many records (round-robin over values)")
     p.add_argument("--lang", choices=("zh", "en"))

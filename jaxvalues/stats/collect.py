@@ -82,7 +82,7 @@ def _progress(enabled: bool, total: int):
 
 
 def collect(lm, examples: Sequence[TokenizedExample], conditions: Sequence[str], *, token_selection: str = "all",
-            k: int = 16, batch_size: int = 16, max_tokens: int = MAX_BATCH_TOKENS, buckets: Sequence[int] | None = None,
+            k: int = 16, batch_size: int = 8, max_tokens: int = MAX_BATCH_TOKENS, buckets: Sequence[int] | None = None,
             intervention=None, progress: bool = False, stats: NeuronStats | None = None,
             meta: dict | None = None, mesh=None) -> NeuronStats:
     """Accumulate per-condition neuron statistics over `examples` (see module docstring).

@@ -96,7 +96,7 @@ def examples_from_records(records: Sequence, tokenizer, scheme: str = "values", 
 
 
 def collect_records(lm, records: Sequence, *, scheme: str = "values", token_selection: str = "all", k: int = 16,
-                    batch_size: int = 16, chat: bool | None = None, progress: bool = False, **kw):
+                    batch_size: int = 8, chat: bool | None = None, progress: bool = False, **kw):
     """`collect` over activation records rendered with the model's tokenizer."""
     from jaxvalues.stats.collect import collect
 
