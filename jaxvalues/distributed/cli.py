@@ -128,7 +128,7 @@ def _collect_ray(args: argparse.Namespace) -> int:
     from jaxvalues.distributed.collect import collect_sharded
     from jaxvalues.distributed.pool import RayPool
     from jaxvalues.errors import ConfigError
-    from jaxvalues.stats.checkpoint import save_stats, summary
+    from jaxvalues.stats.cli import save_and_report
     from jaxvalues.stats.records import interleave_by_value
 
     if args.batch_size < 1 or (args.max_records is not None and args.max_records < 1) or args.shard_size < 1:
@@ -147,16 +147,4 @@ def _collect_ray(args: argparse.Namespace) -> int:
                                 max_tokens=args.max_tokens, progress=not args.json)
     stats.meta.update({"model": args.model, "dataset": list(args.dataset), "lang": args.lang,
                        "scheme": args.scheme, "records": len(records)})
-    out = save_stats(stats, args.out)
-    info = summary(stats)
-    info["out"] = str(out)
-    if args.json:
-        print(json.dumps(info, indent=2, ensure_ascii=False))
-        return 0
-    try:
-        from jaxvalues.stats.cli import _print_table
-    except ImportError:  # pragma: no cover
-        print(json.dumps(info, indent=2, ensure_ascii=False))
-    else:
-        _print_table(info)
-    return 0
+    return save_and_report(stats, args)

@@ -39,7 +39,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
     import jaxvalues as jv
     from jaxvalues.data.io import load_records
     from jaxvalues.errors import ConfigError
-    from jaxvalues.stats.checkpoint import save_stats, summary
     from jaxvalues.stats.records import collect_records, interleave_by_value
 
     if args.batch_size < 1 or (args.max_records is not None and args.max_records < 1):
@@ -54,13 +53,20 @@ def cmd_collect(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, max_tokens=args.max_tokens, chat=chat,
                             progress=not args.json)
     stats.meta.update({"model": args.model, "dataset": list(args.dataset), "lang": args.lang})
+    return save_and_report(stats, args)
+
+
+def save_and_report(stats, args: argparse.Namespace) -> int:
+    """Write `stats` to args.out, then print its summary (JSON with --json, else a table)."""
+    from jaxvalues.stats.checkpoint import save_stats, summary
+
     out = save_stats(stats, args.out)
     info = summary(stats)
     info["out"] = str(out)
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
-        return 0
-    _print_table(info)
+    else:
+        _print_table(info)
     return 0
 
 
