@@ -34,7 +34,7 @@ def main(argv=None):
         args.limit = min(args.limit or 6, 6)
     args.limit = args.limit or None
     info = C.machine_info()
-    torch = C.setup_torch(args.threads)
+    C.setup_torch(args.threads)
 
     import numpy as np
 
@@ -121,7 +121,7 @@ Model `{args.model}` (float32), activation records of {args.values}: {subset} ({
 token selection "all"), {tokens:,} real tokens, batch size {args.batch_size}, torch threads {args.threads},
 {args.reps} timed reps after 1 warm-up, interleaved.
 jaxvalues plan: {rep['batches']} batches, {rep['compilations']} shapes {rep['batch_shapes']}, padding
-{rep['padding_fraction']:.1%}; torch careful uses the same plan; torch naive pads each batch of 16 (dataset
+{rep['padding_fraction']:.1%}; torch careful uses the same plan; torch naive pads each batch of {args.batch_size} (dataset
 order) to its longest row ({_naive_padding(examples, args.batch_size):.1%} padding). Padding of the plan on the whole
 seed benchmark: see the profile section.
 

@@ -59,8 +59,8 @@ def main(argv=None):
 
     import jaxvalues as jv
     from jaxvalues.data.values import VALUE_IDS
-    from jaxvalues.evaluate.batching import bucket, condition_arrays, flat_batches
-    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts, choice_table
+    from jaxvalues.evaluate.batching import ConditionBank, bucket, flat_batches
+    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts, choice_table, p_aligned_rows
     from torch_baselines import careful_choice_logits, naive_choice_logits
 
     compiles = []
@@ -94,7 +94,7 @@ def main(argv=None):
     names = ["baseline", *[f"zero-{v}" for v in VALUE_IDS]]
     conds = [None, *[jv.Intervention.zero(m) for m in masks]]
     neuron_maps = [None, *masks]
-    mult_c, add_c = condition_arrays(conds, cfg.num_layers, cfg.num_neurons)
+    bank = ConditionBank(conds, cfg.num_layers, cfg.num_neurons)
     rows_n = prompts.num_rows
     seqs = rows_n * len(conds)
     tokens = int(prompts.lengths.sum()) * len(conds)
@@ -114,7 +114,7 @@ def main(argv=None):
         out["naive"] = naive_choice_logits(tm, prompts, neuron_maps, args.batch_size)
 
     def run_careful():
-        out["careful"] = careful_choice_logits(tm, prompts, mult_c, add_c, args.batch_size)
+        out["careful"] = careful_choice_logits(tm, prompts, bank, args.batch_size)
 
     variants = {"jaxvalues": run_jax, "torch careful": run_careful}
     if not args.no_naive:
@@ -155,10 +155,10 @@ def main(argv=None):
     # agreement of the three
     checks = []
     j = out["jaxvalues"]
-    pj = 1 / (1 + np.exp(j[..., 1] - j[..., 0]))
+    pj = p_aligned_rows(j)
     for key in ("careful", "naive"):
         if key in out:
-            pk = 1 / (1 + np.exp(out[key][..., 1] - out[key][..., 0]))
+            pk = p_aligned_rows(out[key])
             checks.append(f"jaxvalues vs torch {key}: max |label logit difference| "
                           f"{np.abs(j - out[key]).max():.2e}, max |P(aligned) difference| {np.abs(pj - pk).max():.2e}")
     table_df = choice_table(prompts, j, names)

@@ -65,6 +65,8 @@ def attention_variants(b, s, h, k, dh):
     import jax.numpy as jnp
     import numpy as np
 
+    from jaxvalues.models.decoder import attention_core
+
     g = h // k
     scale = dh ** -0.5
 
@@ -79,18 +81,8 @@ def attention_variants(b, s, h, k, dh):
         p = jax.nn.softmax(sc, axis=-1)
         return jnp.einsum("bkgst,btkd->bskgd", p, v).reshape(b, s, h * dh)
 
-    def current(q, kk, v, am):  # jaxvalues.models.decoder.Attention now (scale: see _is_pow2)
-        m = mask_of(am)
-        sc_q = scale if float(np.frexp(scale)[0]) == 0.5 else 1.0
-        qq = (q * sc_q).reshape(b, s, k, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, k, g * s, dh)
-        kt, vt = kk.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        sc = jnp.einsum("bkmd,bktd->bkmt", qq, kt).reshape(b, k, g, s, s)
-        if sc_q == 1.0:
-            sc = sc * scale
-        sc = sc + jnp.where(m, 0.0, NEG).astype(jnp.float32)[:, None, None]
-        p = jax.nn.softmax(sc, axis=-1).reshape(b, k, g * s, s)
-        o = jnp.einsum("bkmt,bktd->bkmd", p, vt).reshape(b, k, g, s, dh)
-        return o.transpose(0, 3, 1, 2, 4).reshape(b, s, h * dh)
+    def current(q, kk, v, am):  # what jaxvalues.models.decoder.Attention runs now
+        return attention_core(q.reshape(b, s, h, dh), kk, v, mask_of(am), scale)
 
     return jax.jit(previous), jax.jit(current)
 
@@ -270,7 +262,7 @@ Model `{args.model}` (float32).
 
 {sections[1]}
 
-The statistics reduction adds {red:.0%} to the forward (collection program vs forward only, same shape).
+The statistics reduction takes {red:.0%} of the collection program's time (collection program vs forward only, same shape).
 
 ### 2. Attention layout (decoder change)
 Shapes: batch {b}, {s} tokens, {cfg.num_heads} query heads, {cfg.num_kv_heads} KV heads, head dim {cfg.head_dim}; max |difference|

@@ -53,7 +53,6 @@ class NaiveCollector:
         import torch
 
         model, n_layers = self.model, len(self.mods)
-        n = self.mods[0]  # noqa: F841
         num_neurons = model.config.intermediate_size
         stats = _Stats(self.c, n_layers, num_neurons)
         acc = [None] * 3
@@ -198,12 +197,12 @@ def naive_choice_logits(model, prompts, conditions: list[dict | None], batch_siz
     return out
 
 
-def careful_choice_logits(model, prompts, mult_c: np.ndarray, add_c: np.ndarray, batch_size: int,
-                          seq_multiple: int = 32) -> np.ndarray:
-    """Base model + label rows only, jaxvalues' batches; mult_c/add_c [C, L, N] (act*mult + add)."""
+def careful_choice_logits(model, prompts, bank, batch_size: int, seq_multiple: int = 32) -> np.ndarray:
+    """Base model + label rows only, jaxvalues' batches; bank: the conditions as a jaxvalues
+    `ConditionBank` (act*mult + add, the same per-batch arrays jaxvalues builds)."""
     import torch
 
-    from jaxvalues.evaluate.batching import batch_arrays, bucket, flat_batches
+    from jaxvalues.evaluate.batching import bucket, flat_batches
 
     base = model.model
     w_out = model.get_output_embeddings().weight
@@ -215,14 +214,14 @@ def careful_choice_logits(model, prompts, mult_c: np.ndarray, add_c: np.ndarray,
             return torch.addcmul(cur["add"][i][:, None, :], out, cur["mult"][i][:, None, :])
         return hook
 
-    c_n, p_n = mult_c.shape[0], prompts.num_rows
+    c_n, p_n = len(bank), prompts.num_rows
     out = np.zeros((c_n, p_n, 2), np.float32)
     handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(mods)]
     try:
         with torch.inference_mode():
             for pi, ci, n in flat_batches(prompts.lengths, c_n, batch_size):
                 ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], seq_multiple)
-                mult, add = batch_arrays(mult_c, add_c, ci)
+                mult, add = bank.batch(ci)
                 cur["mult"], cur["add"] = torch.from_numpy(np.ascontiguousarray(mult)), torch.from_numpy(
                     np.ascontiguousarray(add))
                 m = torch.from_numpy(mask.astype(np.int64))

@@ -2,7 +2,8 @@
 
 Conventions:
 - Conditions stay sparse in a `ConditionBank`; a batch gets dense per-sequence intervention
-  arrays (mult, add) [L, B, N] float32, so one compiled program serves every condition (the FFN applies act * mult + add with identity = (1, 0)).
+  arrays (mult, add) [L, B, N] float32, so one compiled program serves every condition (the
+  FFN applies act * mult + add with identity = (1, 0)).
 - Rows are visited length rank major, condition minor (`flat_batches`): a batch holds prompts of
   similar length, often one prompt under several conditions. The last batch is filled with copies
   of its first row; callers keep only the first `n` outputs.
@@ -49,16 +50,6 @@ class ConditionBank:
         return (np.stack([dense[int(c)][0] for c in ci], axis=1),
                 np.stack([dense[int(c)][1] for c in ci], axis=1))
 
-    def dense(self):
-        """All conditions as (mult, add) [C, L, N] float32 (for baselines that want them at once)."""
-        pairs = [self._arrays(c) for c in self.items]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-
-
-def condition_arrays(conditions: Sequence, num_layers: int, num_neurons: int):
-    """Interventions (None | Intervention | (mult, add) [L, N]) -> (mult, add) [C, L, N] float32."""
-    return ConditionBank(conditions, num_layers, num_neurons).dense()
-
 
 def round_up(x: int, m: int) -> int:
     return max(m, -(-x // m) * m)
@@ -102,8 +93,3 @@ def flat_batches(lengths: np.ndarray, num_conditions: int, batch_size: int,
 def num_batches(num_pairs: int, batch_size: int) -> int:
     """Batches `flat_batches` yields for `num_pairs` visited (condition, prompt) pairs."""
     return -(-int(num_pairs) // int(batch_size))
-
-
-def batch_arrays(mult_c: np.ndarray, add_c: np.ndarray, ci: np.ndarray):
-    """[C, L, N] condition arrays -> per-sequence (mult, add) [L, B, N] for condition indices ci."""
-    return mult_c[ci].transpose(1, 0, 2), add_c[ci].transpose(1, 0, 2)

@@ -130,11 +130,10 @@ def _program(lm):
 class ChoiceScorer:
     """Label logits for many (condition, prompt) rows with one compiled program per length bucket."""
 
-    def __init__(self, lm, batch_size: int = 16, seq_multiple: int = 32, progress: bool = False):
+    def __init__(self, lm, batch_size: int = 16, seq_multiple: int = 32):
         if batch_size < 1 or seq_multiple < 1:
             raise ConfigError(f"batch_size and seq_multiple must be >= 1, got {batch_size}, {seq_multiple}")
         self.lm, self.batch_size, self.seq_multiple = lm, int(batch_size), int(seq_multiple)
-        self.progress = progress
         self._fn = _program(lm)
 
     def compilations(self) -> int:
@@ -151,8 +150,7 @@ class ChoiceScorer:
         """-> [C, P, 2] float32 logits (aligned label, violating label) per condition and row.
 
         rows: optional bool [C, P]; pairs left False are not computed and come back NaN.
-        on_batch: called after every batch (drives a caller's progress bar); otherwise, with
-        progress=True, the scorer shows its own bar."""
+        on_batch: called after every batch (drives a caller's progress bar, see `num_batches`)."""
         cfg = self.lm.config
         bank = ConditionBank(conditions, cfg.num_layers, cfg.num_neurons)
         c_n, p_n = len(conditions), prompts.num_rows
@@ -162,28 +160,14 @@ class ChoiceScorer:
         vocab = np.concatenate([vocab, np.full(u - len(vocab), vocab[0])]).astype(np.int32)
         out = np.full((c_n, p_n, 2), np.nan if rows is not None else 0.0, np.float32)
         vocab_j = jnp.asarray(vocab)
-        batches = list(flat_batches(prompts.lengths, c_n, self.batch_size, rows))
-        bar = None
-        if on_batch is None and self.progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            bar = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
-                           TimeRemainingColumn(), transient=False)
-            task = bar.add_task("evaluate", total=len(batches))
-            bar.start()
-            on_batch = partial(bar.advance, task)
-        try:
-            for pi, ci, n in batches:
-                ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], self.seq_multiple)
-                mult, add = bank.batch(ci)
-                res = self._fn(self.lm.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(mult),
-                               jnp.asarray(add), vocab_j, jnp.asarray(inv[pi]))
-                out[ci[:n], pi[:n]] = np.asarray(res)[:n]
-                if on_batch is not None:
-                    on_batch()
-        finally:
-            if bar is not None:
-                bar.stop()
+        for pi, ci, n in flat_batches(prompts.lengths, c_n, self.batch_size, rows):
+            ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], self.seq_multiple)
+            mult, add = bank.batch(ci)
+            res = self._fn(self.lm.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(mult), jnp.asarray(add),
+                           vocab_j, jnp.asarray(inv[pi]))
+            out[ci[:n], pi[:n]] = np.asarray(res)[:n]
+            if on_batch is not None:
+                on_batch()
         return out
 
 

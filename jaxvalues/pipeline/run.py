@@ -195,7 +195,7 @@ def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console, progress: bool = 
     from jaxvalues.models.intervention import Intervention
 
     e = cfg["evaluate"]
-    L, N = lm.config.num_layers, lm.config.num_neurons
+    N = lm.config.num_neurons
     recs = _select(load_records(cfg["dataset"], kind="evaluation"), values, cfg["languages"], e["dilemmas_per_value"])
     if not recs:
         raise JaxValuesError(f"{cfg['dataset']}: no evaluation dilemmas for values {values} and languages {cfg['languages']}")
