@@ -48,7 +48,6 @@ def collect_sharded(pool, items: Sequence, conditions: Sequence[str] | None = No
         shard_size = DEFAULT_SHARD_SIZE
     plan = plan_shards(len(items), num_shards=shards, shard_size=shard_size)
     options = dict(collect_kw, records=records, scheme=scheme, chat=chat)
-    options.pop("progress", None)
     calls = [(s.index, (s.index, take(items, s), None if records else tuple(conditions), options)) for s in plan]
     results: dict = {}
     with ProgressBar(len(plan), "shards", "collect", enabled=progress) as bar:

@@ -115,11 +115,6 @@ class SweepStore:
         elif (self.out / "failures.json").exists():
             (self.out / "failures.json").unlink()
 
-    def results(self):
-        import pandas as pd
-
-        return pd.read_parquet(self.out / "results.parquet")
-
 
 def summarize(table):
     """One row per condition: effect on the value's own dilemmas (and on all evaluated ones)."""

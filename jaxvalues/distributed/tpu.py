@@ -14,7 +14,7 @@ makes the result independent of how many there are.
 
 Faults: a slice is one program, so a host that dies breaks its slice; its calls go to the other
 slices (RayPool's resubmission). Restarting a single host's actor cannot rejoin a running
-`jax.distributed` group, so slice actors default to max_restarts = 0. Nothing here runs without
+`jax.distributed` group, so slice actors always run with max_restarts = max_task_retries = 0. Nothing here runs without
 TPUs; tests only check the configuration.
 """
 
@@ -60,9 +60,8 @@ class SlicePool(RayPool):
 
         from jaxvalues.distributed.worker import ModelWorker
 
-        res = (resources or WorkerResources()).replace(multihost=True)
-        if res.max_restarts == WorkerResources.max_restarts:  # untouched default: no single-host restarts
-            res = res.replace(max_restarts=0, max_task_retries=0)
+        # a restarted host cannot rejoin its slice's jax.distributed group: no restarts or retries
+        res = (resources or WorkerResources()).replace(multihost=True, max_restarts=0, max_task_retries=0)
         try:
             self.slice = slice_placement_group(topology, accelerator_version, num_slices=num_slices,
                                                resources_per_bundle={"CPU": float(res.num_cpus)},

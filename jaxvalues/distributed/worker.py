@@ -10,7 +10,6 @@ Methods return plain picklable values (NeuronStats, pandas DataFrames, dicts).
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import time
@@ -87,22 +86,17 @@ class ModelWorker:
         options["records"] is true (tokenized here with the model's tokenizer; conditions from
         options["scheme"])."""
         from jaxvalues.stats.collect import collect
+        from jaxvalues.stats.records import collect_records
 
         self.calls += 1
         opts = dict(options)
-        if opts.pop("records", False):
-            from jaxvalues.stats.records import examples_from_records
-
-            sel = opts.get("token_selection", "all")
-            examples, conditions = examples_from_records(items, self.lm.tokenizer, opts.pop("scheme", "values"),
-                                                         masks=sel in ("rationale", "mask"),
-                                                         chat=opts.pop("chat", None))
-        else:
-            examples = list(items)
-            opts.pop("scheme", None), opts.pop("chat", None)
-        if self.mesh is not None and "mesh" in inspect.signature(collect).parameters:
+        records, scheme, chat = opts.pop("records", False), opts.pop("scheme", "values"), opts.pop("chat", None)
+        if self.mesh is not None:
             opts["mesh"] = self.mesh
-        stats = collect(self.lm, examples, conditions, **opts)
+        if records:
+            stats = collect_records(self.lm, items, scheme=scheme, chat=chat, **opts)
+        else:
+            stats = collect(self.lm, list(items), conditions, **opts)
         stats.meta.setdefault("shard", index)
         return index, stats
 
