@@ -182,3 +182,19 @@ def test_right_padded_prompts_are_rejected():
     with pytest.raises(jv.JaxValuesError, match="left-padded"):
         ChoicePrompts(np.zeros((1, 3), np.int32), np.array([[1, 1, 0]]), np.zeros((1, 2), np.int32),
                       np.zeros(1, np.int64), np.zeros(1, np.int64), [{"record_id": "x"}])
+
+
+def test_label_mass_matches_full_softmax(lm, prompts):
+    """mass=True: label logits unchanged and P(A)+P(B) equals the full-vocabulary softmax."""
+    from jaxvalues.evaluate.choice import label_mass
+
+    scorer = ChoiceScorer(lm, batch_size=4)
+    plain = scorer.logits(prompts, [IV])
+    full = scorer.logits(prompts, [IV], mass=True)
+    assert full.shape == plain.shape[:2] + (3,)
+    np.testing.assert_allclose(full[..., :2], plain, rtol=1e-5, atol=1e-5)
+    last = np.asarray(lm.forward(prompts.input_ids, prompts.attention_mask, intervention=IV).logits[:, -1], np.float64)
+    z = np.exp(last - last.max(1, keepdims=True))
+    z /= z.sum(1, keepdims=True)
+    want = np.take_along_axis(z, prompts.label_ids.astype(np.int64), axis=1).sum(1)
+    np.testing.assert_allclose(label_mass(full)[0], want, rtol=1e-5, atol=1e-6)

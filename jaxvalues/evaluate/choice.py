@@ -106,13 +106,19 @@ def build_choice_prompts(records, tokenizer, *, orders=ORDER_NAMES, chat: bool |
 # ---------------------------------------------------------------------------------- the program
 
 
-def _label_logits(graphdef, state, ids, mask, mult, add, vocab, idx):
+def _label_logits(graphdef, state, ids, mask, mult, add, vocab, idx, mass: bool = False):
     """ids/mask [B, S]; mult/add [L, B, N]; vocab [U] label token ids; idx [B, 2] into vocab.
-    -> [B, 2] logits of (aligned, violating) at each row's last real token."""
+    -> [B, 2] logits of (aligned, violating) at each row's last real token; with `mass` (static)
+    [B, 3]: the third column is log Σ_vocab exp(logit) at that position (one full LM-head row per
+    sequence, never at the other positions), so log P(label) = logit − column 3."""
     hidden, _, _ = lm_apply(graphdef, state, ids, mask, mult, add)  # [B, S, D]
     s = ids.shape[1]
     last = s - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)  # works for left and right padding
     h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, D]
+    if mass:
+        full = lm_logits(graphdef, state, h).astype(jnp.float32)  # [B, V]
+        lab = jnp.take_along_axis(full, vocab[idx], axis=1)  # [B, 2]
+        return jnp.concatenate([lab, jax.nn.logsumexp(full, axis=1, keepdims=True)], axis=1)
     lg = lm_logits(graphdef, state, h, rows=vocab)  # [B, U]
     return jnp.take_along_axis(lg, idx, axis=1)  # [B, 2]
 
@@ -123,7 +129,7 @@ _PROGRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _program(lm):
     fn = _PROGRAMS.get(lm)
     if fn is None:
-        fn = _PROGRAMS[lm] = jax.jit(partial(_label_logits, lm.graphdef))
+        fn = _PROGRAMS[lm] = jax.jit(partial(_label_logits, lm.graphdef), static_argnames=("mass",))
     return fn
 
 
@@ -146,8 +152,10 @@ class ChoiceScorer:
         return num_batches(pairs, self.batch_size)
 
     def logits(self, prompts: ChoicePrompts, conditions: Sequence, rows: np.ndarray | None = None,
-               on_batch: Callable[[], None] | None = None) -> np.ndarray:
-        """-> [C, P, 2] float32 logits (aligned label, violating label) per condition and row.
+               on_batch: Callable[[], None] | None = None, mass: bool = False) -> np.ndarray:
+        """-> [C, P, 2] float32 logits (aligned label, violating label) per condition and row;
+        with `mass=True` [C, P, 3], the third entry the log-sum-exp over the full vocabulary at the
+        answer position (see `label_mass`).
 
         rows: optional bool [C, P]; pairs left False are not computed and come back NaN.
         on_batch: called after every batch (drives a caller's progress bar, see `num_batches`)."""
@@ -158,13 +166,13 @@ class ChoiceScorer:
         inv = inv.reshape(-1, 2).astype(np.int32)
         u = round_up(len(vocab), 8)  # fixed label-vocab size: no recompilation across datasets
         vocab = np.concatenate([vocab, np.full(u - len(vocab), vocab[0])]).astype(np.int32)
-        out = np.full((c_n, p_n, 2), np.nan if rows is not None else 0.0, np.float32)
+        out = np.full((c_n, p_n, 3 if mass else 2), np.nan if rows is not None else 0.0, np.float32)
         vocab_j = jnp.asarray(vocab)
         for pi, ci, n in flat_batches(prompts.lengths, c_n, self.batch_size, rows):
             ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], self.seq_multiple)
             mult, add = bank.batch(ci)
             res = self._fn(self.lm.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(mult), jnp.asarray(add),
-                           vocab_j, jnp.asarray(inv[pi]))
+                           vocab_j, jnp.asarray(inv[pi]), mass=bool(mass))
             out[ci[:n], pi[:n]] = np.asarray(res)[:n]
             if on_batch is not None:
                 on_batch()
@@ -172,6 +180,14 @@ class ChoiceScorer:
 
 
 # ------------------------------------------------------------------------------- dilemma table
+
+
+def label_mass(logits: np.ndarray) -> np.ndarray:
+    """[..., 3] (aligned, violating, log-sum-exp) -> P(A) + P(B) over the full vocabulary, float64."""
+    lg = np.asarray(logits, np.float64)
+    if lg.shape[-1] != 3:
+        raise JaxValuesError(f"label_mass needs logits scored with mass=True ([..., 3]), got {lg.shape}")
+    return np.exp(lg[..., 0] - lg[..., 2]) + np.exp(lg[..., 1] - lg[..., 2])
 
 
 def p_aligned_rows(logits: np.ndarray) -> np.ndarray:
