@@ -6,7 +6,9 @@ Conventions:
 - `OpenAIChat` posts to ``{base_url}/chat/completions`` with urllib (no extra dependency). The API
   key comes from the argument or the environment (JAXVALUES_API_KEY, then OPENAI_API_KEY); it is
   only ever sent in the Authorization header, never logged, written, or shown in a repr or an
-  error (server messages are redacted). HTTP 429 and 5xx, timeouts, connection errors and
+  error: every text built from a response (status line, reason phrase, body excerpt, headers,
+  connection errors) goes through `redact`, which replaces the key (also URL- or JSON-escaped) and
+  any `Bearer <token>` credential with "***" before the text is cut to length. HTTP 429 and 5xx, timeouts, connection errors and
   malformed response bodies are retried with exponential backoff `backoff * 2**attempt`
   (Retry-After honoured), capped at `max_backoff`; other HTTP errors raise `GenerationError` at once.
 - `LocalChat` wraps any object with `generate(prompts, max_new_tokens=...) -> list[str]` (a
@@ -20,9 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.client import HTTPException
 
@@ -30,6 +34,23 @@ from jaxvalues.errors import DataError
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = ("JAXVALUES_API_KEY", "OPENAI_API_KEY")
+
+
+def redact(text, key: str | None) -> str:
+    """`text` with the API key and any bearer credential replaced by "***" (before truncating)."""
+    text = str(text)
+    if key:
+        forms = {key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key), json.dumps(key)[1:-1]}
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "***")
+    return _BEARER.sub(lambda m: m.group(1) + "***", text)
+
+
+_BEARER = re.compile(r"(?i)(\bbearer\s+)(?!\*\*\*)[^\s\"',;]+")
+
+
+def _excerpt(text: str, key: str | None, limit: int = 300) -> str:
+    return redact(text, key)[:limit]
 
 
 class GenerationError(DataError):
@@ -56,8 +77,8 @@ class OpenAIChat:
     def __repr__(self) -> str:
         return f"OpenAIChat(url={self.url!r}, model={self.model!r}, api_key={'set' if self._key else 'unset'})"
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+    def _redact(self, text) -> str:
+        return redact(text, self._key)
 
     def complete_many(self, batch: list[list[dict]]) -> list[str]:
         return [self.complete(m) for m in batch]
@@ -71,7 +92,7 @@ class OpenAIChat:
             headers["Authorization"] = f"Bearer {self._key}"
         last = ""
         for attempt in range(self.max_retries + 1):
-            retry_after = None
+            retry_after = fatal = None
             self.calls += 1
             try:
                 req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
@@ -82,11 +103,16 @@ class OpenAIChat:
                     return content
                 last = "malformed response body (expected JSON with choices[0].message.content)"
             except urllib.error.HTTPError as e:
-                detail = self._redact(e.read()[:300].decode("utf-8", "replace"))
+                try:
+                    body_text = e.read(64 * 1024).decode("utf-8", "replace")
+                except (OSError, HTTPException):
+                    body_text = ""
+                detail = " ".join(_excerpt(body_text, self._key).split())
+                status = self._redact(f"HTTP {e.code} {e.reason}")
                 if e.code != 429 and e.code < 500:
                     hint = " (check the API key)" if e.code in (401, 403) else ""
-                    raise GenerationError(f"{self.url}: HTTP {e.code} {e.reason}{hint}: {detail}") from None
-                last = f"HTTP {e.code} {e.reason}"
+                    fatal = self._redact(f"{self.url}: {status}{hint}: {detail}")
+                last = status
                 retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
             except (TimeoutError, socket.timeout):
                 last = f"timed out after {self.timeout:g} s"
@@ -95,14 +121,17 @@ class OpenAIChat:
                     last = f"timed out after {self.timeout:g} s"
                 else:
                     last = f"connection failed ({self._redact(str(e.reason))})"
-            except (ConnectionError, HTTPException, OSError) as e:
+            except (ConnectionError, HTTPException, OSError) as e:  # type name only: no server text
                 last = f"connection failed ({type(e).__name__})"
+            if fatal is not None:  # raised outside the except block: the HTTPError (server text) is not chained
+                raise GenerationError(fatal)
             if attempt == self.max_retries:
                 break
             delay = min(self.max_backoff, retry_after if retry_after is not None else self.backoff * 2**attempt)
-            log.warning("%s: %s; retry %d/%d in %.1f s", self.url, last, attempt + 1, self.max_retries, delay)
+            log.warning("%s: %s; retry %d/%d in %.1f s", self._redact(self.url), self._redact(last), attempt + 1,
+                        self.max_retries, delay)
             self.sleep(delay)
-        raise GenerationError(f"{self.url}: giving up after {self.max_retries + 1} attempts; last error: {last}")
+        raise GenerationError(self._redact(f"{self.url}: giving up after {self.max_retries + 1} attempts; last error: {last}"))
 
 
 def _content(raw: bytes) -> str | None:
