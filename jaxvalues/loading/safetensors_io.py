@@ -76,6 +76,34 @@ class SafetensorsFile:
         return buf.view(dt).reshape(info["shape"])
 
 
+def _allowed_roots(d: Path) -> list[Path]:
+    """Where a shard may resolve: the model directory, and for a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<rev>/``, whose files are symlinks to ``../../blobs/``) that
+    repository's ``blobs`` folder."""
+    real = d.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        roots.append(real.parent.parent / "blobs")
+    return roots
+
+
+def _confine(index: Path, key: str, fname, d: Path, roots: list[Path]) -> None:
+    """Refuse an index entry naming a file outside the model directory (`..`, absolute, symlink out)."""
+    where = f"{index}: weight_map entry {key!r} -> {fname!r}"
+    if not isinstance(fname, str) or not fname:
+        raise CheckpointError(f"{where}: expected a shard file name (a string)")
+    p = Path(fname)
+    if p.is_absolute() or fname.startswith(("/", "\\")) or (len(fname) > 1 and fname[1] == ":"):
+        raise CheckpointError(f"{where}: absolute path; shard names must be relative to {d}")
+    if ".." in p.parts or "\\" in fname or "\x00" in fname:
+        raise CheckpointError(f"{where}: shard names may not contain '..', backslashes or NUL; "
+                              f"expected a file inside {d}")
+    target = (d / p).resolve()
+    if not any(target == r or target.is_relative_to(r) for r in roots):
+        raise CheckpointError(f"{where}: resolves to {target}, outside the model directory {d} "
+                              f"(a symlink pointing elsewhere?); shards must lie inside it")
+
+
 class SafetensorsCheckpoint:
     """A model directory's tensors: one `model.safetensors` or a sharded index."""
 
@@ -89,8 +117,12 @@ class SafetensorsCheckpoint:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError) as e:
                 raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: not a valid safetensors index (weight_map is not an object)")
+            roots = _allowed_roots(d)
             for key, fname in weight_map.items():
-                if fname not in self._files:
+                if not isinstance(fname, str) or fname not in self._files:
+                    _confine(index, key, fname, d, roots)
                     if not (d / fname).exists():
                         raise CheckpointError(f"{index}: shard {fname!r} (holding {key!r}) is missing from {d}")
                     self._files[fname] = SafetensorsFile(d / fname)
