@@ -443,3 +443,251 @@ def test_real_smallest_model_fetches_and_verifies():
     assert path.stat().st_size == get_model("smollm2-135m").size
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+# --------------------------------------------------------------------------- cache verification
+
+
+def _rewrite(path: Path, data: bytes, *, in_place: bool = False, keep_mtime: bool = False) -> None:
+    """Put `data` in `path`: written anew (temp file + rename, a new inode) or in place."""
+    import os
+
+    st = path.stat()
+    if in_place:
+        with open(path, "r+b") as f:
+            f.write(data)
+    else:
+        tmp = path.with_name(path.name + ".swap")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    if keep_mtime:  # `touch -d` back to the old time: only ctime still tells
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _flip(data: bytes, at: int = 10) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def _count_hashes(monkeypatch) -> list:
+    """Record every full-file hash (fetch.sha256_file) from now on."""
+    fetch_mod = sys.modules["jaxvalues.zoo.fetch"]
+    calls, real = [], fetch_mod.sha256_file
+    monkeypatch.setattr(fetch_mod, "sha256_file", lambda p, *a, **k: (calls.append(Path(p).name), real(p, *a, **k))[1])
+    return calls
+
+
+def _fake_cached(parts=None) -> tuple[PackagedModel, Path]:
+    """Put the fake model's GGUF bytes in the cache by hand (as a pre-stamp cache would hold it)."""
+    parts = parts or fake_parts()
+    model = fake_model(parts)
+    path = cache_dir() / FAKE / FAKE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(parts))
+    return model, path
+
+
+def test_fetch_stamps_the_measured_hash(env, monkeypatch):
+    fetch_mod = sys.modules["jaxvalues.zoo.fetch"]
+    parts = fake_parts()
+    model = fake_model(parts)
+    build_index(env, model, parts)
+    with registered(model):
+        calls = _count_hashes(monkeypatch)
+        path = fetch_model(FAKE, progress=False)
+        assert calls == [FAKE_FILE + ".partial"]  # hashed once more, as read back from disk
+        stamp = json.loads(fetch_mod.gguf_stamp_path(FAKE).read_text())
+        st = path.stat()
+        assert stamp == {"file": FAKE_FILE, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                         "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "device": st.st_dev,
+                         "sha256": model.sha256}
+        # unchanged file: resolve trusts the stamp without reading the file
+        calls.clear()
+        assert resolve(FAKE) == path and fetch_model(FAKE, progress=False) == path
+        assert calls == []
+        assert fetch_mod.gguf_sha256(FAKE) == model.sha256
+
+
+def test_read_back_mismatch_after_assembly_is_refused(env, monkeypatch):
+    fetch_mod = sys.modules["jaxvalues.zoo.fetch"]
+    parts = fake_parts()
+    model = fake_model(parts)
+    build_index(env, model, parts)
+    monkeypatch.setattr(fetch_mod, "sha256_file", lambda p, *a, **k: "0" * 64)
+    with registered(model):
+        with pytest.raises(JaxValuesError, match=r"reads back with sha256 0{64} after assembly.*nothing was kept"):
+            fetch_model(FAKE, progress=False)
+        assert _leftovers() == []
+
+
+@pytest.mark.parametrize("how", ["anew", "in_place", "in_place_mtime_restored", "anew_mtime_restored"])
+def test_replaced_cached_gguf_is_refused_on_load(env, capsys, how):
+    parts = fake_parts()
+    model = fake_model(parts)
+    build_index(env, model, parts)
+    with registered(model):
+        path = fetch_model(FAKE, progress=False)
+        good = path.read_bytes()
+        _rewrite(path, _flip(good), in_place=how.startswith("in_place"), keep_mtime=how.endswith("restored"))
+        assert path.stat().st_size == len(good) and is_cached(FAKE)  # same size: the cheap check passes
+        with pytest.raises(JaxValuesError) as e:
+            resolve(FAKE)
+        msg = str(e.value)
+        assert "\n" not in msg
+        assert f"cached {path} has sha256 {hashlib.sha256(_flip(good)).hexdigest()}" in msg
+        assert f"expected the pinned {model.sha256}" in msg
+        assert f"`jaxvalues models fetch {FAKE} --force`" in msg
+        # the refusal sticks (the stamp is not rewritten to the bad hash), also via load_model / the CLI
+        import jaxvalues as jv
+
+        with pytest.raises(JaxValuesError, match="changed or replaced after it was fetched"):
+            jv.load_model(FAKE)
+        assert main(["models", "fetch", FAKE, "-q"]) == 2
+        assert "--force" in capsys.readouterr().err
+        assert main(["models", "fetch", FAKE, "--force", "-q"]) == 0
+        assert path.read_bytes() == good and resolve(FAKE) == path
+
+
+def test_same_bytes_new_fingerprint_is_rehashed_once_and_accepted(env, monkeypatch):
+    fetch_mod = sys.modules["jaxvalues.zoo.fetch"]
+    model, path = _fake_cached()
+    with registered(model):
+        calls = _count_hashes(monkeypatch)
+        assert resolve(FAKE) == path  # a cache from before stamps: hashed once, then stamped
+        assert calls == [FAKE_FILE] and fetch_mod.gguf_stamp_path(FAKE).exists()
+        _rewrite(path, path.read_bytes())  # e.g. the cache restored from a backup
+        calls.clear()
+        assert resolve(FAKE) == path and calls == [FAKE_FILE]
+        calls.clear()
+        assert resolve(FAKE) == path and calls == []  # the stamp was refreshed
+        assert fetch_model(FAKE, verify=True, progress=False) == path and calls == [FAKE_FILE]  # --verify always hashes
+
+
+def test_unstamped_cache_with_wrong_bytes_is_refused(env):
+    fetch_mod = sys.modules["jaxvalues.zoo.fetch"]
+    parts = fake_parts()
+    model, path = _fake_cached(parts)
+    path.write_bytes(_flip(path.read_bytes()))
+    with registered(model):
+        with pytest.raises(JaxValuesError, match=rf"cached .*{re.escape(FAKE_FILE)} has sha256 .* --force"):
+            resolve(FAKE)
+        assert not fetch_mod.gguf_stamp_path(FAKE).exists()
+
+
+# --- the loader's converted copy
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A tiny llama as a jaxvalues LanguageModel with a word-level tokenizer (no download)."""
+    import jaxvalues as jv
+    from jaxvalues.testing import tiny_hf_model, word_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tiny_hf_model("llama", d)
+    word_tokenizer().save_pretrained(str(d))
+    return jv.load_model(d)
+
+
+@pytest.fixture
+def packaged(env, tiny_lm, monkeypatch):
+    """A fake packaged model: a GGUF in the cache (any bytes; its hash is pinned) whose "conversion"
+    is the tiny model, then one load so that the converted copy exists."""
+    import jaxvalues.loading.gguf_io as gguf_io
+    from jaxvalues.loading.packaged import load_packaged
+
+    model, path = _fake_cached()
+    conversions = []
+    monkeypatch.setattr(gguf_io, "load_gguf", lambda *a, **k: (conversions.append(a[0]), tiny_lm)[1])
+    with registered(model):
+        lm = load_packaged(FAKE)
+        assert conversions == [path] and lm.info["sha256"] == model.sha256
+        yield {"model": model, "gguf": path, "cdir": converted_dir(FAKE), "conversions": conversions,
+               "load": load_packaged}
+
+
+def test_converted_copy_is_stamped_per_file(packaged, monkeypatch):
+    cdir = packaged["cdir"]
+    stamp = json.loads((cdir / "stamp.json").read_text())
+    assert stamp["format"] == 2 and stamp["sha256"] == packaged["model"].sha256 and stamp["gguf"] == FAKE_FILE
+    assert {"params.safetensors", "config.json"} <= set(stamp["files"])
+    assert any(f.startswith("tokenizer/") for f in stamp["files"])
+    for rel, rec in stamp["files"].items():
+        assert rec["sha256"] == hashlib.sha256((cdir / rel).read_bytes()).hexdigest(), rel
+        assert rec["inode"] == (cdir / rel).stat().st_ino
+    # a second load: converted copy reused, nothing re-hashed (fingerprints unchanged)
+    calls = _count_hashes(monkeypatch)
+    lm = packaged["load"](FAKE)
+    assert calls == [] and packaged["conversions"] == [packaged["gguf"]]
+    assert lm.tokenizer is not None
+
+
+@pytest.mark.parametrize("rel", ["params.safetensors", "config.json", "tokenizer/tokenizer.json"])
+@pytest.mark.parametrize("how", ["anew", "in_place_mtime_restored"])
+def test_replaced_converted_file_is_refused(packaged, rel, how, capsys):
+    path = packaged["cdir"] / rel
+    data = path.read_bytes()
+    at = len(data) - 2 if rel == "params.safetensors" else 3  # a weight byte / inside the JSON
+    _rewrite(path, _flip(data, at), in_place=how.startswith("in_place"), keep_mtime=True)
+    assert path.stat().st_size == len(data)
+    from jaxvalues.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as e:
+        packaged["load"](FAKE)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: sha256 ") and "does not match the stamp" in msg
+    assert f"`jaxvalues models fetch {FAKE} --force`" in msg
+    # the CLI way out: --force re-fetches and drops the copy; the next load rebuilds it
+    assert main(["models", "fetch", FAKE, "-q"]) == 0  # the GGUF itself is fine
+    with pytest.raises(CheckpointError):
+        packaged["load"](FAKE)
+    parts = fake_parts()
+    build_index(env_index(), packaged["model"], parts)
+    assert main(["models", "fetch", FAKE, "--force", "-q"]) == 0
+    assert not packaged["cdir"].exists()
+    packaged["load"](FAKE)
+    assert len(packaged["conversions"]) == 2 and path.read_bytes() == data
+
+
+def env_index() -> Path:
+    import os
+    import shlex
+
+    return Path(shlex.split(os.environ["JAXVALUES_PIP_ARGS"])[-1])
+
+
+def test_missing_or_extra_converted_file_is_refused(packaged):
+    from jaxvalues.errors import CheckpointError
+
+    cdir = packaged["cdir"]
+    extra = cdir / "tokenizer" / "added_tokens.json"
+    extra.write_text("{}")
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(extra))}: not part of the converted copy .*--force"):
+        packaged["load"](FAKE)
+    extra.unlink()
+    (cdir / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(cdir / 'config.json'))}: missing from the converted copy"):
+        packaged["load"](FAKE)
+
+
+def test_converted_copy_same_bytes_new_inode_is_accepted(packaged, monkeypatch):
+    cdir = packaged["cdir"]
+    p = cdir / "params.safetensors"
+    _rewrite(p, p.read_bytes())
+    calls = _count_hashes(monkeypatch)
+    packaged["load"](FAKE)
+    assert calls == ["params.safetensors"]
+    calls.clear()
+    packaged["load"](FAKE)
+    assert calls == []  # fingerprint refreshed in the stamp
+    assert len(packaged["conversions"]) == 1
+
+
+def test_old_format_stamp_is_rebuilt(packaged):
+    cdir = packaged["cdir"]
+    stamp = json.loads((cdir / "stamp.json").read_text())
+    old = {k: stamp[k] for k in ("gguf", "size", "sha256")} | {"format": 1}
+    (cdir / "stamp.json").write_text(json.dumps(old))
+    packaged["load"](FAKE)
+    assert len(packaged["conversions"]) == 2
+    assert json.loads((cdir / "stamp.json").read_text())["format"] == 2
