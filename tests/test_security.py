@@ -223,3 +223,29 @@ def test_load_model_reports_the_bad_entry(sharded, tmp_path):
     key = _edit(index, lambda v: "../../etc/passwd")
     with pytest.raises(JaxValuesError, match=r"weight_map entry .* -> '\.\./\.\./etc/passwd'"):
         jv.load_model(d, tokenizer=False)
+
+
+def test_reply_echoing_the_key_is_redacted(echo_server):
+    import http.server
+
+    # a 200 whose content echoes the key: the key is masked, other text (even "bearer bonds") is kept
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"message": {"content": f"bearer bonds; key {KEY}"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        chat = OpenAIChat(f"http://127.0.0.1:{httpd.server_address[1]}/v1", "m", api_key=KEY, timeout=5)
+        assert chat.complete([{"role": "user", "content": "hi"}]) == "bearer bonds; key ***"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -99,8 +99,8 @@ class OpenAIChat:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     raw = resp.read()
                 content = _content(raw)
-                if content is not None:
-                    return content
+                if content is not None:  # the key itself never reaches the data files either
+                    return content.replace(self._key, "***") if self._key else content
                 last = "malformed response body (expected JSON with choices[0].message.content)"
             except urllib.error.HTTPError as e:
                 try:
