@@ -32,13 +32,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from jaxvalues.data.authors import MAX_MODEL_LEN  # the authors' vLLM max_model_len (500 tokens)
 from jaxvalues.errors import ConfigError, JaxValuesError
 from jaxvalues.evaluate.batching import ConditionBank, bucket, flat_batches
 from jaxvalues.evaluate.choice import ORDER_NAMES
 from jaxvalues.evaluate.support_parse import STATUSES, parse_support
 from jaxvalues.models.lm import pad_batch
 
-MAX_MODEL_LEN = 500  # the authors' vLLM max_model_len (prompt + reply tokens)
 SKIPPED = "skipped_too_long"
 REPLY_STATUSES = (*STATUSES, SKIPPED)
 OUTCOMES = (*REPLY_STATUSES, "incomplete", "scored")
