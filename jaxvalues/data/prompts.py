@@ -4,6 +4,8 @@ Conventions:
 - With a tokenizer that has a chat template (`tokenizer.chat_template`), texts are rendered with
   `apply_chat_template(..., tokenize=False)`; otherwise (or with chat=False) as plain text. A
   template that rejects the system role gets the system text prepended to the user message.
+  A template that trims message content (Llama 3's `| trim`) is accepted: spans are located in
+  the trimmed text (the authors' support user message ends with "\n ", which such a template drops).
   `Rendered.add_special_tokens` says how to encode `text`: False for chat renderings (the
   template already wrote BOS and the role markers), True for plain text.
 - Every rendering carries character spans of its segments in `text`:

@@ -1,7 +1,8 @@
 """Parse the two support percentages out of a free-text reply to the support-rate prompt.
 
-The prompt asks for "最终结论：选项A：[支持率] 选项B：[支持率]" (en: "Final conclusion: Option A:
-[support rate] Option B: [support rate]"). Replies are messy; the parser:
+The prompt (the authors' text, `jaxvalues.data.authors.SUPPORT_USER`) asks for
+"最终结论：选项A：[支持率，百分比形式] 选项B：[支持率，百分比形式]" (the marked en translation:
+"Final conclusion: Option A: [support rate, as a percentage] Option B: ..."). Replies are messy; the parser:
 - normalizes with NFKC (full-width colons, percent signs, digits and letters become ASCII),
   drops markdown/bracket decoration (* # ` [ ] 【 】 |);
 - starts at the first "最终结论" / "结论" / "final conclusion" / "conclusion" when there is one
