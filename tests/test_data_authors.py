@@ -125,3 +125,21 @@ def test_translations_are_marked_and_keep_the_layout():
 def test_budget_constants():
     assert authors.MAX_MODEL_LEN == 500 and authors.SUPPORT_MAX_NEW_TOKENS == 250
     assert authors.PERSONA_GENERATION == {"max_new_tokens": 500, "do_sample": False, "repetition_penalty": 1.1}
+
+
+def test_persona_messages_for_an_imported_activation_record(tmp_path):
+    pytest.importorskip("openpyxl")
+    from _data_samples import write_workbook
+
+    from jaxvalues.data.authors import persona_record_messages, persona_value_texts
+    from jaxvalues.data.io import load_records
+
+    p = tmp_path / "富强-final.xlsx"
+    write_workbook(p, {"Sheet1": [["冲突类型", "决策困境", "选择A", "选择B"],
+                                  [ROW[0], ROW[1], "A. " + ROW[2], "B. " + ROW[3]]]})
+    (rec,) = load_records(p)
+    assert persona_value_texts(rec) == {"support": "富强", "conflict": "个人财富积累"}
+    assert persona_record_messages(rec, "conflict") == [{"role": "user", "content": EXPECTED_PERSONA}]
+    assert "「富强」" in persona_record_messages(rec, "support")[0]["content"]
+    with pytest.raises(ConfigError, match="persona condition must be one of"):
+        persona_record_messages(rec, "neutral")

@@ -175,3 +175,30 @@ def support_user_segments(lang: str = "zh") -> list[tuple[str, str | None]]:
         pos = m.end()
     out.append((tpl[pos:], None))
     return out
+
+
+PERSONA_CONDITIONS = ("support", "conflict")
+
+
+def persona_value_texts(rec) -> dict[str, str]:
+    """{"support": the value's Chinese name, "conflict": the competing value} for an activation
+    record (e.g. one imported from the authors' {价值}-final.xlsx): the `{value}` of each of the
+    persona scheme's two generations. For en records the support text is the English name."""
+    from jaxvalues.data.values import find_value
+
+    v = find_value(rec.value)
+    if v is None:
+        raise ConfigError(f"record {rec.id!r}: field 'value': unknown value {rec.value!r}")
+    return {"support": v.zh if rec.lang == "zh" else v.en, "conflict": competing_value(rec.conflict)}
+
+
+def persona_record_messages(rec, condition: str) -> list[dict]:
+    """persona_messages for one record and condition ("support" | "conflict"): question = the
+    story, options = aligned (A) and violating (B) action."""
+    if condition not in PERSONA_CONDITIONS:
+        raise ConfigError(f"persona condition must be one of {PERSONA_CONDITIONS}, got {condition!r}")
+    if not getattr(rec, "violating_action", None):
+        raise ConfigError(f"record {rec.id!r}: field 'violating_action': the persona prompt needs two options")
+    lang = "zh" if rec.lang == "zh" else "en"
+    return persona_messages(rec.scenario, rec.aligned_action, rec.violating_action,
+                            persona_value_texts(rec)[condition], lang)
