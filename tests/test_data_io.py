@@ -205,3 +205,63 @@ def test_csv_with_bad_bytes_names_row_and_field(tmp_path):
         load_records(p)
     with pytest.warns(DataWarning, match="skipped 1 bad row"):
         assert [r.id for r in load_records(p, lenient=True)] == ["eval-x-1-en"]
+
+
+ACT_HEADER = ["冲突类型", "决策困境", "选择A", "选择B"]
+ACT_ROWS = [
+    ["富强 vs 个人财富积累", "镇上要修路，我刚攒够买房的钱。", "A. 拿出一部分钱参与修路。", "B. 先买房，修路的事以后再说。"],
+    [None, None, None, None],
+    ["富强 vs 个人安逸", "厂里要连夜赶一批出口订单，我本想早点下班休息。", "A. 留下来加班完成订单。", "B. 按时下班回家休息。"],
+]
+
+
+def test_authors_activation_workbook_import(tmp_path):
+    pytest.importorskip("openpyxl")
+    from jaxvalues.data.authors import competing_value
+    from jaxvalues.data.schema import ActivationRecord
+
+    p = tmp_path / "富强-final.xlsx"  # one file per value, value from the file name
+    write_workbook(p, {"Sheet1": [ACT_HEADER, *ACT_ROWS]})
+    assert io.is_activation_workbook(p) and not io.is_authors_workbook(p)
+    recs = load_records(p)
+    assert recs == [
+        ActivationRecord(id="act-prosperity-001-zh", lang="zh", pair_id="act-prosperity-001", value="prosperity",
+                         conflict="富强 vs 个人财富积累", story="镇上要修路，我刚攒够买房的钱。",
+                         aligned_action="拿出一部分钱参与修路。", rationale=None,
+                         violating_action="先买房，修路的事以后再说。"),
+        ActivationRecord(id="act-prosperity-003-zh", lang="zh", pair_id="act-prosperity-003", value="prosperity",
+                         conflict="富强 vs 个人安逸", story="厂里要连夜赶一批出口订单，我本想早点下班休息。",
+                         aligned_action="留下来加班完成订单。", rationale=None, violating_action="按时下班回家休息。"),
+    ]
+    assert all(r.kind == "activation" for r in recs)
+    assert competing_value(recs[0].conflict) == "个人财富积累"  # the persona scheme's "conflict" value text
+    # or one workbook with one sheet per value (sheet names win over the file name)
+    q = tmp_path / "all.xlsx"
+    write_workbook(q, {"富强": [ACT_HEADER, ACT_ROWS[0]], "诚信": [ACT_HEADER, [
+        "诚信 vs 个人利益", "二手车买家问我车有没有出过事故。", "A. 如实告诉他出过小事故。", "B. 说没出过事故。"]]})
+    assert [(r.id, r.value, r.aligned_action) for r in load_records(q)] == [
+        ("act-prosperity-001-zh", "prosperity", "拿出一部分钱参与修路。"),
+        ("act-integrity-001-zh", "integrity", "如实告诉他出过小事故。")]
+    assert load_records(q, format="activation_workbook") == load_records(q)
+
+
+def test_authors_activation_workbook_problems(tmp_path):
+    pytest.importorskip("openpyxl")
+    p = tmp_path / "富强-final.xlsx"
+    write_workbook(p, {"Sheet1": [["冲突类型", "决策困境", "选择A"], ACT_ROWS[0][:3]]})
+    with pytest.raises(DataError) as e:
+        load_records(p)
+    assert (f"{p} sheet Sheet1: missing column(s) 选择B; expected columns 冲突类型, 决策困境, 选择A, 选择B "
+            "(1 rows not loaded)") in str(e.value)
+    q = tmp_path / "values.xlsx"  # neither the sheet nor the file names a value
+    write_workbook(q, {"Sheet1": [ACT_HEADER, ACT_ROWS[0]]})
+    with pytest.raises(DataError, match=r"values.xlsx sheet Sheet1: cannot tell the value"):
+        load_records(q)
+    r = tmp_path / "诚信-final.xlsx"  # a bad cell is reported with its row and field
+    write_workbook(r, {"Sheet1": [ACT_HEADER, ["诚信 vs 个人利益", "", "A. 如实告诉他。", "B. 如实告诉他。"]]})
+    with pytest.raises(DataError) as e:
+        load_records(r)
+    msg = str(e.value)
+    assert f"{r} sheet Sheet1 row 2: field 'story': missing field" in msg
+    assert f"{r} sheet Sheet1 row 2: field 'violating_action': same text as aligned_action" in msg
+    assert "rationale" not in msg

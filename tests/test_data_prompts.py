@@ -170,11 +170,23 @@ def test_support_prompt_matches_the_authors_format(tok, lang):
     for t in (None, tok):
         r = render_support(rec, t, order="aligned_second")
         assert r.kind == "support" and r.aligned_label == "B"
-        fmt = {"zh": "最终结论：选项A：[支持率] 选项B：[支持率]",
-               "en": "Final conclusion: Option A: [support rate] Option B: [support rate]"}[lang]
+        fmt = {"zh": "最终结论：选项A：[支持率，百分比形式] 选项B：[支持率，百分比形式]理解与分析：xxxx\n ",
+               "en": "Final conclusion: Option A: [support rate, as a percentage] Option B: [support rate, as a "
+                     "percentage]Understanding and analysis: xxxx\n "}[lang]
         assert fmt in r.text and ("假设困境: " if lang == "zh" else "Hypothetical dilemma: ") in r.text
-        check_spans(r, {"option_a": rec.violating_action, "option_b": rec.aligned_action})
+        check_spans(r, {"context": rec.context, "option_a": rec.violating_action, "option_b": rec.aligned_action,
+                        "aligned": rec.aligned_action, "violating": rec.violating_action})
+        a, e = r.spans["option_a"][1], r.spans["option_b"][0]
+        assert r.text[a:e] == " \n B. "  # the authors' spacing around option B
     assert r.text.endswith("<|im_start|>assistant\n")
+
+
+def test_support_prompt_survives_templates_that_trim_content():
+    trim = train_tokenizer(template=CHATML.replace("m['content']", "m['content'] | trim"))
+    r = render_support(EV["zh"], trim)
+    assert "理解与分析：xxxx<|im_end|>" in r.text  # the template dropped the trailing "\n "
+    check_spans(r, {"context": EV["zh"].context, "aligned": EV["zh"].aligned_action,
+                    "violating": EV["zh"].violating_action})
 
 
 def test_templates_without_system_role_and_templates_that_change_text():

@@ -33,6 +33,25 @@ CASES = [
     ("I'm sorry, but I can't help with that.", None, None, "unparseable"),
     ("", None, None, "unparseable"),
     ("最终结论：选项A：150% 选项B：-50%", 150, 50, "out_of_range"),
+    # strictness: the two rates must add up to 100 ± 5, never renormalised
+    ("最终结论：选项A：60% 选项B：40%", 60, 40, "ok"),  # the authors' format
+    ("最终结论：选项A：[60%] 选项B：[40%]理解与分析：选择A更符合诚信。", 60, 40, "ok"),
+    ("最终结论：选项A：60% 选项B：60%", 60, 60, "inconsistent"),
+    ("Final conclusion: Option A: 60% / Option B: 60%", 60, 60, "inconsistent"),
+    ("最终结论：选项A：70% 选项B：20%", 70, 20, "inconsistent"),  # off by 10
+    ("最终结论：选项A：52% 选项B：45%", 52, 45, "ok"),  # off by 3: within the tolerance
+    ("最终结论：选项A：2/3 选项B：1/3", 200 / 3, 100 / 3, "ok"),  # fractions
+    ("Final conclusion: Option A: 2/3 and Option B: 1/3", 200 / 3, 100 / 3, "ok"),
+    ("最终结论：选项A：２／３ 选项B：１／３", 200 / 3, 100 / 3, "ok"),  # full-width fraction
+    ("最终结论：选项A：2/3 选项B：2/3", 200 / 3, 200 / 3, "inconsistent"),
+    ("最终结论：选项A：0.6 选项B：0.4", 60, 40, "ok"),  # decimals = shares of 1
+    ("最终结论：选项A：0.6 选项B：0.6", 60, 60, "inconsistent"),
+    ("最终结论：选项A：0.25 选项B：0.75", 25, 75, "ok"),
+    ("最终结论：选项A：60.5% 选项B：39.5%", 60.5, 39.5, "ok"),
+    ("最终结论：选项A：６０％ 选项B：４０％", 60, 40, "ok"),  # full-width digits and ％
+    ("最终结论：选项A：60％ 选项B：40％", 60, 40, "ok"),  # full-width ％ only
+    ("最终结论:选项A:60% 选项B:40%", 60, 40, "ok"),  # ASCII colons
+    ("最终结论：选项A：60 选项B：40", 60, 40, "ok"),  # bare numbers are percent
 ]
 
 
@@ -47,3 +66,16 @@ def test_parse_support_table(reply, a, b, status):
 def test_for_label_only_when_ok():
     assert parse_support("最终结论：选项A：70% 选项B：30%").for_label("B") == 30
     assert parse_support("最终结论：选项A：70%").for_label("A") is None
+
+
+def test_inconsistent_replies_do_not_count():
+    r = parse_support("最终结论：选项A：60% 选项B：60%")
+    assert r.status == "inconsistent" and not r.ok
+    assert r.for_label("A") is None and r.for_label("B") is None  # excluded, not renormalised to 50/50
+    assert (r.a, r.b) == (60, 60)  # the values are kept for inspection
+
+
+def test_statuses_are_listed():
+    from jaxvalues.evaluate.support_parse import STATUSES, SUM_TOLERANCE
+
+    assert STATUSES == ("ok", "inconsistent", "partial", "out_of_range", "unparseable") and SUM_TOLERANCE == 5

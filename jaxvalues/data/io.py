@@ -19,6 +19,18 @@ Conventions:
   row without a pair_id gets its id minus the "-{lang}" suffix.
 - Authors' workbook ids: ``{id_prefix}-{value}-{n:03d}-{lang}`` where n is the data row number
   in that value's sheet (Excel row − 1), pair_id the same without the language suffix.
+- Authors' activation workbook (`read_activation_workbook`, format "activation_workbook"): their
+  files `{价值}-final.xlsx`, one per value (or one workbook with one sheet per value, sheets
+  named by the Chinese value name), columns 冲突类型 (conflict, "富强 vs 个人财富积累"), 决策困境
+  (story), 选择A (aligned action), 选择B (violating action), the "A. " / "B. " prefixes stripped.
+  The value comes from the sheet name when it is a value's name, else from the file name
+  (`{价值}-final.xlsx` or `{价值}.xlsx`). Records: kind "activation", lang "zh", ids
+  ``act-{value}-{n:03d}-zh`` (n = data row number, Excel row − 1), pair_id without "-zh".
+  Their files have no rationale (the persona scheme lets the model write its own answer), so
+  these records have rationale None: the schema requires a rationale for activation records,
+  so the importer validates every other field and leaves it unset (such records render
+  without a "理由" segment; written to JSONL they need a rationale before they load strictly).
+  The persona scheme's competing value is `jaxvalues.data.authors.competing_value(rec.conflict)`.
 - Writers: `write_jsonl`, `write_csv`, `write_parquet` (string columns, FIELD_ORDER, nulls for
   fields a kind lacks) and `to_dataset` (needs the optional `datasets` package).
 """
@@ -26,6 +38,7 @@ Conventions:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import importlib.resources
 import io
@@ -39,11 +52,13 @@ from jaxvalues.data.validate import Problem, check_collection, format_problems, 
 from jaxvalues.data.values import VALUE_IDS, find_value, unknown_value_message, value_ids
 from jaxvalues.errors import DataError
 
-FORMATS = ("jsonl", "csv", "parquet", "xlsx", "workbook")
+FORMATS = ("jsonl", "csv", "parquet", "xlsx", "workbook", "activation_workbook")
 _EXT = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
         ".pq": "parquet", ".xlsx": "xlsx"}  # fmt: skip
 WORKBOOK_COLUMNS = ("Type", "Context", "Action1", "Action2")
 _WORKBOOK_FIELDS = {"type": "conflict", "context": "context", "action1": "aligned_action", "action2": "violating_action"}
+ACTIVATION_COLUMNS = ("冲突类型", "决策困境", "选择A", "选择B")
+_ACTIVATION_FIELDS = {"冲突类型": "conflict", "决策困境": "story", "选择A": "aligned_action", "选择B": "violating_action"}
 
 Item = tuple[dict, str]  # (raw row, where)
 
@@ -202,6 +217,84 @@ def read_workbook(path, name: str | None = None, id_prefix: str = "cvoice", lang
     return items, problems
 
 
+def is_activation_workbook(path) -> bool:
+    """True if the first sheet of an .xlsx has any of the activation columns 冲突类型 / 决策困境 /
+    选择A / 选择B (a sheet missing some of them is then reported, not read as a plain table)."""
+    wb = _open_xlsx(path, str(path))
+    try:
+        if not wb.sheetnames:
+            return False
+        header, _ = _sheet_rows(wb[wb.sheetnames[0]])
+        return bool(set(ACTIVATION_COLUMNS) & set(header))
+    finally:
+        wb.close()
+
+
+class _NoRationale(dict):
+    """A raw activation row from the authors' files, which have no rationale (see the module doc)."""
+
+
+def _value_from_file(path) -> str:
+    stem = Path(str(path)).stem
+    return stem[: -len("-final")] if stem.endswith("-final") else stem
+
+
+def read_activation_workbook(path, name: str | None = None, lang: str = "zh"):
+    """Raw activation rows of the authors' activation files ({价值}-final.xlsx; see the module
+    docstring). Returns (items, problems); a sheet whose value cannot be told or that lacks a
+    column is a problem naming the file, the sheet, the missing columns and the expected ones."""
+    from jaxvalues.data.authors import strip_option_prefix
+
+    name = name or str(path)
+    wb = _open_xlsx(path, name)
+    items, problems = [], []
+    try:
+        for title in wb.sheetnames:
+            header, rows = _sheet_rows(wb[title])
+            where = f"{name} sheet {title}"
+            cells_rows = [(r, list(c)) for r, c in rows if any(_cell(x) is not None for x in c)]
+            n_rows = len(cells_rows)
+            if not header and not n_rows:
+                continue  # an empty sheet
+            value = find_value(title) or find_value(_value_from_file(path))
+            cols = {h: j for j, h in enumerate(header) if h}
+            missing = [c for c in ACTIVATION_COLUMNS if c not in cols]
+            if value is None:
+                problems.append(Problem(where, f"cannot tell the value: {unknown_value_message(title)} and file "
+                                        f"name {Path(str(path)).name!r} is not '{{价值}}-final.xlsx' with a value's "
+                                        f"Chinese name ({n_rows} rows not loaded)", rows=n_rows))  # fmt: skip
+                continue
+            if missing:
+                problems.append(Problem(where, f"missing column(s) {', '.join(missing)}; expected columns "
+                                        f"{', '.join(ACTIVATION_COLUMNS)} ({n_rows} rows not loaded)",
+                                        rows=n_rows))  # fmt: skip
+                continue
+            for r, cells in cells_rows:
+                cells = cells + [None] * (len(header) - len(cells))
+                pair_id = f"act-{value.id}-{r - 1:03d}"
+                raw = _NoRationale(id=f"{pair_id}-{lang}", kind="activation", lang=lang, pair_id=pair_id,
+                                   value=value.id)  # fmt: skip
+                for col, fld in _ACTIVATION_FIELDS.items():
+                    raw[fld] = _cell(cells[cols[col]])
+                for fld, label in (("aligned_action", "A"), ("violating_action", "B")):
+                    if raw[fld] is not None:
+                        raw[fld] = strip_option_prefix(raw[fld], label) or None
+                items.append((raw, f"{where} row {r}"))
+    finally:
+        wb.close()
+    return items, problems
+
+
+def _parse_item(raw, where):
+    """parse_row, except that rows from the authors' activation files need no rationale."""
+    if not isinstance(raw, _NoRationale):
+        return parse_row(raw, where)
+    rec, problems = parse_row({**raw, "rationale": raw.get("aligned_action") or "无"}, where)
+    if rec is None:
+        return None, [p for p in problems if p.field != "rationale"]
+    return dataclasses.replace(rec, rationale=None), []
+
+
 def _cell(v):
     """A tabular cell as a string, or None when empty (numbers are written as text)."""
     if v is None:
@@ -284,8 +377,11 @@ def _detect_format(path: Path) -> str:
     if fmt is None:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; expected one of "
                         f"{', '.join(sorted(_EXT))} (or pass format=...)")  # fmt: skip
-    if fmt == "xlsx" and path.exists() and is_authors_workbook(path):
-        return "workbook"
+    if fmt == "xlsx" and path.exists():
+        if is_authors_workbook(path):
+            return "workbook"
+        if is_activation_workbook(path):
+            return "activation_workbook"
     return fmt
 
 
@@ -317,6 +413,8 @@ def read_items(source, format: str | None = None, columns=None, defaults=None, s
         items, problems = read_jsonl(path)
     elif fmt == "workbook":
         items, problems = read_workbook(path, id_prefix=id_prefix)
+    elif fmt == "activation_workbook":
+        items, problems = read_activation_workbook(path)
     else:
         reader = {"csv": read_csv, "parquet": read_parquet}.get(fmt)
         rows = reader(path) if reader else read_xlsx(path, sheets=sheets)
@@ -340,7 +438,7 @@ def read_records(source, *, format=None, columns=None, defaults=None, sheets=Non
     items, problems, names = read_items(source, format, columns, defaults, sheets, id_prefix)
     parsed, bad_rows = [], sum(p.rows for p in problems)
     for raw, where in items:
-        rec, pr = parse_row(raw, where)
+        rec, pr = _parse_item(raw, where)
         if rec is None:
             problems += pr
             bad_rows += 1

@@ -1,7 +1,8 @@
 """Parse the two support percentages out of a free-text reply to the support-rate prompt.
 
-The prompt asks for "最终结论：选项A：[支持率] 选项B：[支持率]" (en: "Final conclusion: Option A:
-[support rate] Option B: [support rate]"). Replies are messy; the parser:
+The prompt (the authors' text, `jaxvalues.data.authors.SUPPORT_USER`) asks for
+"最终结论：选项A：[支持率，百分比形式] 选项B：[支持率，百分比形式]" (the marked en translation:
+"Final conclusion: Option A: [support rate, as a percentage] Option B: ..."). Replies are messy; the parser:
 - normalizes with NFKC (full-width colons, percent signs, digits and letters become ASCII),
   drops markdown/bracket decoration (* # ` [ ] 【 】 |);
 - starts at the first "最终结论" / "结论" / "final conclusion" / "conclusion" when there is one
@@ -12,9 +13,14 @@ The prompt asks for "最终结论：选项A：[支持率] 选项B：[支持率]"
   label, then the number (integers or decimals, "%" optional); also the reverse form with a
   preposition, "60% support to Option A" / "70% for option B" / "70%投给选项A", whose number then
   belongs to that label even when it follows another label's mention;
-- decimals in [0, 1] without "%" for both options that add up to 1 are read as fractions.
-Statuses: "ok" (both found, each in [0, 100]), "partial" (one found), "out_of_range" (a number
-above 100), "unparseable" (none). Nothing is dropped: callers count every status.
+- numbers: percentages ("60%", "60 %", "60％", "60 percent"), bare numbers (read as percent),
+  fractions "2/3" (= 66.67%; "2／3" after NFKC) and decimals in [0, 1] without "%": when BOTH
+  rates are such decimals ("0.6" / "0.4") they are read as shares of 1 (60% / 40%).
+Statuses (`STATUSES`): "ok" (both found, each in [0, 100], a + b = 100 ± `SUM_TOLERANCE`),
+"inconsistent" (both found and in range but their sum is off by more than the tolerance:
+"60% / 60%"; the values are kept for inspection, never renormalised, and the reply does not
+count: `for_label` is None), "partial" (one found), "out_of_range" (a number above 100),
+"unparseable" (none). Nothing is dropped: callers count every status.
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-STATUSES = ("ok", "partial", "out_of_range", "unparseable")
+STATUSES = ("ok", "inconsistent", "partial", "out_of_range", "unparseable")
+SUM_TOLERANCE = 5.0  # percentage points
 
 _DECOR = re.compile(r"[*#`\[\]【】|~]")
 _ANCHOR = re.compile(r"最终结论|結論|结论|final\s+conclusions?|conclusions?", re.I)
 _OPT_WORD = r"(?:选项|選項|方案|(?i:option|choice))"
 _PAREN = r"(?:\s*\([^()\n]{0,200}\))?"
-_NUM = r"(\d{1,3}(?:\.\d+)?|\.\d+)\s*(%|percent|个百分点)?"
+_NUM = r"(\d{1,3}(?:\.\d+)?|\.\d+)(?:\s*/\s*(\d{1,3})(?![\d.]))?\s*(%|percent|个百分点)?"
 
 
 def _other_label_guard() -> str:
@@ -74,9 +81,19 @@ def normalize(text: str) -> str:
     return _DECOR.sub(" ", t)
 
 
+def _value(m) -> tuple[float, bool]:
+    """(number, on the percent scale) of a _NUM match: "2/3" -> (66.67, True)."""
+    num = float(m.group(1))
+    den = m.group(2)
+    if den is not None:
+        d = float(den)
+        return (num / d * 100 if d else float("inf")), True
+    return num, bool(m.group(3))
+
+
 def _find(text: str, label: str, claimed: set):
-    """(number, had_percent, position) of the first mention of `label` with a number, or None.
-    A forward match whose number another label claims ("40% to Option B") is skipped."""
+    """(number, on the percent scale, position) of the first mention of `label` with a number, or
+    None. A forward match whose number another label claims ("40% to Option B") is skipped."""
     fwd, rev = _PATTERNS[label]
     best = None
     for pat in fwd:
@@ -84,12 +101,12 @@ def _find(text: str, label: str, claimed: set):
             if m.start(1) in claimed:
                 continue
             if best is None or m.start() < best[2]:
-                best = (float(m.group(1)), bool(m.group(2)), m.start())
+                best = (*_value(m), m.start())
             break
     if best is None:
         m = rev.search(text)
         if m:
-            best = (float(m.group(1)), bool(m.group(2)), m.start())
+            best = (*_value(m), m.start())
     return best
 
 
@@ -111,13 +128,14 @@ def parse_support(reply: str) -> SupportParse:
             a, b = a2, b2
     if a is None and b is None:
         return SupportParse(None, None, "unparseable")
-    if a is not None and b is not None and not a[1] and not b[1] and a[0] <= 1 and b[0] <= 1 \
-            and abs(a[0] + b[0] - 1.0) < 0.02:  # fractions: 0.7 / 0.3
-        a, b = (a[0] * 100, True, a[2]), (b[0] * 100, True, b[2])
+    if a is not None and b is not None and not a[1] and not b[1] and a[0] <= 1 and b[0] <= 1:
+        a, b = (a[0] * 100, True, a[2]), (b[0] * 100, True, b[2])  # shares of 1: 0.6 / 0.4
     va = None if a is None else round(a[0], 6)
     vb = None if b is None else round(b[0], 6)
     if any(v is not None and v > 100 for v in (va, vb)):
         return SupportParse(va, vb, "out_of_range")
     if va is None or vb is None:
         return SupportParse(va, vb, "partial")
+    if abs(va + vb - 100.0) > SUM_TOLERANCE:
+        return SupportParse(va, vb, "inconsistent")
     return SupportParse(va, vb, "ok")
