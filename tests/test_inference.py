@@ -331,3 +331,11 @@ def test_errors_name_the_argument():
         holm([0.1, 1.5])
     with pytest.raises(JaxValuesError, match=r"p_key"):
         family([{"p_rank": 0.1}])
+
+
+def test_family_two_sided_key_uses_two_sided_mde():
+    cells = [cell_test(*_cell(-2.0, s), n_boot=100) for s in range(4)]
+    fam = family(cells, p_key="p_param_two_sided")
+    for f in fam:
+        assert f["mde"] == pytest.approx(mde(20, 20, f["control_sd"], alpha=0.05 / 4, alternative="two-sided"))
+        assert f["verdict"] == "targeted > controls"

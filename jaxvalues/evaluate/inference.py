@@ -125,13 +125,11 @@ def parametric_p(target: float, controls, alternative: str = "less") -> float:
         return float("nan")
     stat = (target - float(np.mean(c))) / (sd * math.sqrt(1.0 + 1.0 / r))
     df = r - 1
-    p_less = float(stats.t.cdf(stat, df))
-    p_greater = float(stats.t.sf(stat, df))
     if alternative == "less":
-        return p_less
+        return float(stats.t.cdf(stat, df))
     if alternative == "greater":
-        return p_greater
-    return min(1.0, 2.0 * min(p_less, p_greater))
+        return float(stats.t.sf(stat, df))
+    return min(1.0, 2.0 * float(stats.t.sf(abs(stat), df)))  # t is symmetric: min(cdf, sf) = sf(|stat|)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,13 +250,13 @@ def cluster_bootstrap(effects, clusters, n_boot: int = 2000, seed: int = 0, alph
     with np.errstate(invalid="ignore", divide="ignore"):
         for start in range(0, n_boot, chunk):
             b = min(chunk, n_boot - start)
-            draw = rng.integers(0, k, size=(b, k))
-            counts = np.bincount((np.arange(b)[:, None] * k + draw).ravel(), minlength=b * k)
-            counts = counts.reshape(b, k).astype(np.float64)  # [b, K] times each cluster is drawn
-            mt = (counts @ s_t)[:, 0] / (counts @ n_t)[:, 0]
+            draw = rng.integers(0, k, size=(b, k))  # [b, K] drawn cluster indices
+            mt = s_t[draw, 0].sum(1) / n_t[draw, 0].sum(1)
             means.append(mt)
             if c is not None:
                 if c.shape[0]:
+                    counts = np.bincount((np.arange(b)[:, None] * k + draw).ravel(), minlength=b * k)
+                    counts = counts.reshape(b, k).astype(np.float64)  # [b, K] times each cluster is drawn
                     mc = (counts @ s_c) / (counts @ n_c)  # [b, R]
                     ok = ~np.isnan(mc)
                     cbar = np.where(ok, mc, 0.0).sum(1) / ok.sum(1)
@@ -407,7 +405,8 @@ def family(cells: list[dict], alpha: float = 0.05, p_key: str = "p_param", power
     p_holm < alpha, the effect being in the cell's tested direction; else "not
     distinguishable"), rank_can_pass (1/(R+1) < alpha/m: whether the rank test could pass
     Holm's first step at all with this many controls) and mde (the excess the parametric test
-    detects with `power` at alpha/m, Holm's strictest step, from the cell's R and control sd).
+    detects with `power` at alpha/m, Holm's strictest step, from the cell's R and control sd;
+    two-sided when `p_key` ends in "two_sided", else in the cell's `alternative`).
     """
     alpha = _check_unit("alpha", alpha)
     cells = list(cells)
@@ -422,6 +421,7 @@ def family(cells: list[dict], alpha: float = 0.05, p_key: str = "p_param", power
     out = []
     for i, cell in enumerate(cells):
         r = int(cell.get("num_controls", 0))
+        alt = "two-sided" if p_key.endswith("two_sided") else cell.get("alternative", "less")
         d = dict(cell)
         d["p_holm"] = float(p_holm[i])
         d["p_bh"] = float(p_bh[i])
@@ -430,6 +430,6 @@ def family(cells: list[dict], alpha: float = 0.05, p_key: str = "p_param", power
         d["verdict"] = VERDICT_PASS if p_holm[i] < alpha else VERDICT_FAIL
         d["rank_can_pass"] = bool(1.0 / (r + 1) < level)
         d["mde"] = mde(cell.get("n_clusters", 0), r, cell.get("control_sd", np.nan), alpha=level, power=power,
-                       alternative=cell.get("alternative", "less"))
+                       alternative=alt)
         out.append(d)
     return out
