@@ -1,6 +1,6 @@
 """The shipped seed benchmark (jaxvalues/data/builtin/seed_<value>.jsonl), checked against issue 3:
-every record valid; per value and language ≥ 30 activation stories and ≥ 20 evaluation dilemmas
-(≥ 1,200 records); ≥ 4 conflict types per value, spread evenly; zh/en pairs complete and describing
+every record valid; per value and language ≥ 60 activation stories and ≥ 40 evaluation dilemmas
+(≥ 2,400 records); ≥ 4 conflict types per value, spread evenly; zh/en pairs complete and describing
 the same conflict; activation and evaluation scenarios disjoint; first-person stories of 2–5 sentences."""
 
 import re
@@ -12,7 +12,7 @@ from jaxvalues.data.io import builtin_files, load_records, read_items, read_reco
 from jaxvalues.data.validate import parse_row
 from jaxvalues.data.values import VALUE_IDS
 
-MIN_ACTIVATION, MIN_EVALUATION, MIN_CONFLICTS = 30, 20, 4
+MIN_ACTIVATION, MIN_EVALUATION, MIN_CONFLICTS = 60, 40, 4
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_counts_per_value_and_language(records):
     short = [f"{v}/{lang}: {counts[(v, lang, 'activation')]} activation, {counts[(v, lang, 'evaluation')]} evaluation"
              for v in VALUE_IDS for lang in ("zh", "en")
              if counts[(v, lang, "activation")] < MIN_ACTIVATION or counts[(v, lang, "evaluation")] < MIN_EVALUATION]
-    assert not short, "below 30 activation / 20 evaluation:\n" + "\n".join(short)
+    assert not short, f"below {MIN_ACTIVATION} activation / {MIN_EVALUATION} evaluation:\n" + "\n".join(short)
     assert len(records) >= 12 * 2 * (MIN_ACTIVATION + MIN_EVALUATION)
 
 

@@ -1,4 +1,4 @@
-"""`jaxvalues data validate|stats|import|export|generate`.
+"""`jaxvalues data validate|audit|stats|import|export|generate`.
 
 Conventions: SRC arguments are paths or "builtin"; `--map Column=field` and `--set field=value`
 apply to CSV/Parquet/XLSX inputs (see jaxvalues.data.io). Without `--lenient` any invalid row
@@ -40,6 +40,10 @@ def register(subparsers) -> None:
     sp = sub.add_parser("validate", help="check data files; list every problem")
     common(sp, filters=False)
     sp.set_defaults(func=cmd_validate)
+
+    sp = sub.add_parser("audit", help="check for text shortcuts: option lengths, give-away words, value words, duplicates")
+    common(sp)
+    sp.set_defaults(func=cmd_audit)
 
     sp = sub.add_parser("stats", help="counts per value, language, conflict type; token lengths")
     common(sp)
@@ -127,6 +131,18 @@ def cmd_validate(args) -> int:
         print(f"ok: {len(res.records)} valid records in {len(res.sources)} file(s)"
               + (f"; {res.skipped} bad row(s) skipped" if res.skipped else ""))  # fmt: skip
     return 0
+
+
+def cmd_audit(args) -> int:
+    """Exit 0 when every criterion passes, 1 when one fails, 2 for bad input (DataError)."""
+    from jaxvalues.data.audit import audit, format_audit
+
+    records = _filtered(args, _read(args).records)
+    if not records:
+        raise DataError(f"{', '.join(args.sources)}: no records to audit")
+    res = audit(records)
+    print(json.dumps(res, ensure_ascii=False, indent=1) if args.json else format_audit(res))
+    return 0 if res["ok"] else 1
 
 
 def load_tokenizer(path):
