@@ -160,7 +160,11 @@ def validate(source: str, dataset: str = "builtin", max_records: int = 8, dtype:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("validate", help="compare jaxvalues with transformers' PyTorch model on the same inputs")
-    p.add_argument("--model", required=True, help="HF directory, .gguf file or packaged name")
+    p.add_argument("--model", help="HF directory, .gguf file or packaged name")
+    p.add_argument("--run", metavar="DIR", help="re-score a finished run's baseline, targeted and control "
+                   "conditions in PyTorch (a seeded sample of its held-out dilemmas)")
+    p.add_argument("--sample", type=int, default=16, help="--run: dilemmas to re-score (default 16)")
+    p.add_argument("--controls", type=int, default=3, help="--run: controls per value to re-score (default 3)")
     p.add_argument("--dataset", default="builtin", help="dataset file or 'builtin' (default)")
     p.add_argument("--max-records", type=int, default=8, help="activation and evaluation records to use (default 8)")
     p.add_argument("--dtype", default="float32")
@@ -170,6 +174,12 @@ def register(subparsers) -> None:
 
 
 def _cmd(args) -> int:
+    if args.run:
+        return _cmd_run(args)
+    if not args.model:
+        from jaxvalues.errors import ConfigError
+
+        raise ConfigError("validate: give --model M (logit/neuron parity) or --run DIR (a run's findings)")
     rep = validate(args.model, args.dataset, args.max_records, args.dtype)
     ok = rep["max_abs_diff"]["logits"] <= args.tolerance
     rep["pass"] = ok
@@ -187,4 +197,30 @@ def _cmd(args) -> int:
         t.add_row("VAPE Jaccard (mean over values)", f"{rep['vape_jaccard_mean']:.3f}")
         t.add_row("verdict", "[green]PASS[/green]" if ok else "[red]FAIL[/red]")
         Console(file=sys.stdout).print(t)
+    return 0 if ok else 1
+
+
+def _cmd_run(args) -> int:
+    from jaxvalues.validate_run import validate_run
+
+    rep = validate_run(args.run, size=args.sample, controls=args.controls)
+    ok = rep["max_abs_diff_p_aligned"] <= args.tolerance
+    rep["pass"] = ok
+    if args.json:
+        print(json.dumps(rep, indent=1, ensure_ascii=False))
+        return 0 if ok else 1
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"run {args.run}: jaxvalues vs PyTorch ({rep['dilemmas']} dilemmas)")
+    for col in ("value", "Δ log-odds jax", "torch", "excess jax", "torch", "diff"):
+        t.add_column(col, justify="left" if col == "value" else "right")
+    for v, d in rep["per_value"].items():
+        f = lambda x: "n/a" if x is None else f"{x:+.4f}"  # noqa: E731
+        t.add_row(v, f(d["jax"]["delta_logodds"]), f(d["torch"]["delta_logodds"]), f(d["jax"]["excess_logodds"]),
+                  f(d["torch"]["excess_logodds"]), f(d["difference"]["excess_logodds"]))
+    con = Console(file=sys.stdout)
+    con.print(t)
+    con.print(f"max |Δ P(aligned)| between frameworks: {rep['max_abs_diff_p_aligned']:.2e} "
+              f"({'PASS' if ok else 'FAIL'} at {args.tolerance:g})")
     return 0 if ok else 1

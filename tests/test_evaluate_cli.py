@@ -31,25 +31,34 @@ def _run(setup, capsys, *extra):
 
 
 def test_choice_with_controls_and_leakage(setup, capsys, tmp_path):
+    """The choice protocol runs on the experiment engine: same table and summary as `jaxvalues run`."""
     code, out, err = _run(setup, capsys, "--neurons", str(setup / "neurons.json"), "--value", "integrity",
-                          "--controls", "3", "--leakage", "--out", str(tmp_path), "--json")
+                          "--controls", "3", "--control-kind", "layer", "--leakage", "--min-label-mass", "0",
+                          "--out", str(tmp_path), "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary == json.loads((tmp_path / "summary.json").read_text())
     assert summary["protocol"] == "choice" and summary["value"] == "integrity" and summary["mode"] == "zero"
-    assert summary["conditions"][:5] == ["baseline", "targeted", "random#00", "random#01", "random#02"]
-    assert summary["num_dilemmas"] == 6
-    rep = summary["controls"]["delta_p"]
-    assert rep["num_controls"] == 3 and {"z", "p_empirical", "control_mean", "control_sd"} <= set(rep)
-    assert set(summary["leakage"]["rows_intervened_columns_evaluated"]) == {"integrity", "justice", "harmony"}
-    assert "rows_dominant" in summary["leakage"]["dominance"]
+    assert summary["conditions"][:5] == ["baseline", "value:integrity", "random:integrity#00", "random:integrity#01",
+                                         "random:integrity#02"]
+    assert {"value:justice", "value:harmony"} <= set(summary["conditions"])  # leakage rows, no controls of theirs
+    assert summary["num_dilemmas"] == 6 and summary["control_kind"] == "layer"
+    assert [(c["value"], c["lang"]) for c in summary["cells"]] == [("integrity", "zh"), ("integrity", "en")]
+    c = summary["cells"][0]
+    assert c["num_controls"] == 3 and {"p_param", "p_rank", "p_holm", "excess", "mde", "verdict"} <= set(c)
+    assert summary["family_size"] == 2
+    assert len(summary["leakage"]["matrix"]) == 3 and "rows_dominant" in summary["leakage"]
     assert summary["perplexity"]["targeted"]["all"]["ppl"] > 0
     assert summary["compilations"] >= 1
-    t = pd.read_parquet(tmp_path / "per_dilemma.parquet")
-    assert len(t) == 6 * len(summary["conditions"])
-    assert {"p_aligned", "p_aligned_first", "p_aligned_second", "position_bias", "chose_aligned"} <= set(t.columns)
-    g = pd.read_parquet(tmp_path / "summary_groups.parquet")
-    assert {"delta_p_lo", "delta_p_hi", "flip_rate"} <= set(g.columns)
+    t = pd.read_parquet(tmp_path / "results.parquet")
+    assert (t.kind == "baseline").sum() == 6 and (t.kind == "targeted").sum() == 18 and (t.kind == "control").sum() == 6
+    assert {"p_aligned", "logodds", "delta_logodds", "label_mass", "position_bias", "pair_id"} <= set(t.columns)
+
+
+def test_rate_matched_controls_need_statistics(setup, capsys, tmp_path):
+    code, out, err = _run(setup, capsys, "--neurons", str(setup / "neurons.json"), "--value", "integrity",
+                          "--controls", "3", "--out", str(tmp_path))
+    assert code == 2 and "rate-matched controls need --stats DIR" in err and "Traceback" not in err
 
 
 def test_generate_protocol_steer(setup, capsys, tmp_path):
@@ -71,6 +80,9 @@ def test_generate_protocol_steer(setup, capsys, tmp_path):
     (["--mode", "mean", "--value", "integrity"], "--means"),
     (["--value", "integrty"], "did you mean 'integrity'"),
     (["--value", "democracy"], "no neuron set named 'democracy'"),
+    (["--value", "integrity", "--controls", "-1"], "--controls: expected an integer ≥ 0, got -1"),
+    (["--value", "integrity", "--bootstrap", "0"], "--bootstrap: expected a positive integer, got 0"),
+    (["--value", "integrity", "--alpha", "2"], "--alpha: expected a number in (0, 1), got 2.0"),
 ])
 def test_user_errors_exit_2(setup, capsys, tmp_path, args, msg):
     code, out, err = _run(setup, capsys, "--neurons", str(setup / "neurons.json"), *args, "--out", str(tmp_path))

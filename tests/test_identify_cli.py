@@ -75,4 +75,37 @@ def test_attribution_and_mask_on_tiny_model(tmp_path, capsys):
     assert sum(info["report"]["rows"].values()) == 6 and all(n <= 4 for n in info["counts"].values())
     first = next(iter(info["report"]["rows"]))
     info = _run(capsys, "--method", "mask", *common, "--steps", "3", "--values", first, "--out", str(tmp_path / "m.parquet"))
-    assert len(info["report"]) == 1 and list(info["report"].values())[0]["steps"] == 3
+    assert set(info["report"]) == {first, "split"} and info["report"][first]["steps"] == 3
+
+
+def test_attribution_trains_on_one_split_and_evaluate_drops_it(tmp_path, capsys):
+    """Identification never sees what is evaluated: the pair_id split is stored with the neurons
+    and `evaluate` scores only the held-out pairs."""
+    pytest.importorskip("torch")
+    from jaxvalues.data.io import load_records, write_jsonl
+    from jaxvalues.evaluate._testing import toy_model
+    from jaxvalues.identify import NeuronSet
+
+    recs = [r for r in load_records("builtin", kind="evaluation", lang="en", values=["integrity", "justice"])
+            if int(r.pair_id.rsplit("-", 1)[1]) <= 4]
+    data = tmp_path / "eval.jsonl"
+    write_jsonl(recs, data)
+    toy_model(tmp_path / "model", records=recs)
+    out = tmp_path / "a.parquet"
+    info = _run(capsys, "--method", "attribution", "--model", str(tmp_path / "model"), "--dataset", str(data),
+                "--top-k", "3", "--out", str(out))
+    split = NeuronSet.load(out).info["split"]
+    train, held = set(split["trained_on_pair_ids"]), set(split["held_out_pair_ids"])
+    assert len(train) == len(held) == 4 and not train & held  # 2 of 4 pairs per value
+    assert info["report"]["split"]["trained_on_pair_ids"] == 4
+    assert sum(info["report"]["rows"].values()) == 8  # 4 of the 8 dilemmas, both option orders
+    rc = main(["evaluate", "--model", str(tmp_path / "model"), "--dataset", str(data), "--neurons", str(out),
+               "--value", "integrity", "--no-perplexity", "--min-label-mass", "0", "--out", str(tmp_path / "ev"),
+               "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "held out: 4 dilemmas the neuron set was trained on are left out; 4 remain" in cap.err
+    import pandas as pd
+
+    t = pd.read_parquet(tmp_path / "ev" / "results.parquet")
+    assert set(t.pair_id) == held

@@ -5,8 +5,9 @@ this process, so both paths give the same rows.
 
 Per condition (see spec.py for methods and modes):
   1. neurons = the method's selection for the value at `size` from the model's statistics
-     (`jaxvalues.identify.vape` / `stance_select` / `contrast`; "random" = `random_like` of the
-     vape selection's per-layer counts with the condition's seed);
+     (`jaxvalues.identify.vape` / `stance_select` / `contrast`; "random" = a control draw of the
+     vape selection with the condition's seed, `selection.control_kind`: "rate_matched" (layer +
+     firing-rate decile, the default) or "layer" (per-layer counts only));
   2. intervention = `jaxvalues.evaluate.controls.make_intervention(neurons, mode, ...)`
      ("mean" uses the pooled per-neuron means of the statistics);
   3. `evaluate_choice` on the evaluation dilemmas of the condition's language (the value's own,
@@ -79,7 +80,11 @@ def select(stats, cond: dict, settings: dict, cache: dict | None = None) -> tupl
         if cond["mode"] == "steer":
             support, conflict = random_steer_like(support, conflict, n, 1, cond["seed"])[0]
         else:
-            support, conflict = random_like(support, n, 1, cond["seed"])[0], None
+            from jaxvalues.evaluate.controls import draw_controls, firing_rates
+
+            kind = sel.get("control_kind", "rate_matched")
+            rates = _cached(cache, ("rates",), lambda: firing_rates(stats)) if kind == "rate_matched" else None
+            support, conflict = draw_controls(support, n, 1, cond["seed"], kind, rates)[0], None
     else:
         raise JaxValuesError(f"unknown selection method {method!r}")
     return normalize_map(support), (normalize_map(conflict) if conflict is not None else None)

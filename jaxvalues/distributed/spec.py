@@ -8,7 +8,8 @@ its expansion into conditions, each with a content hash.
                   max_evaluation_records: 100, activation_lang: null}
     statistics:  {scheme: values, token_selection: rationale, k: 16, batch_size: 8,
                   max_tokens: 65536, buckets: null, shard_size: 64}
-    selection:   {filter_rate: 0.95, activation_bar_ratio: 0.95, contrast_metric: effect}
+    selection:   {filter_rate: 0.95, activation_bar_ratio: 0.95, contrast_metric: effect,
+                  control_kind: rate_matched}
     evaluation:  {batch_size: 16, seq_multiple: 32, gamma: 2.0, gain: 5.0, values: target}
     grid:        {values: all, methods: [vape, random], sizes: [0.01], modes: [zero],
                   languages: [zh, en], seeds: [0]}
@@ -16,9 +17,9 @@ its expansion into conditions, each with a content hash.
 
 Conventions:
 - Methods: "vape" (LAPE selection, top_rate = size), "contrast" (standardised effect of the value
-  against the other values, or support vs conflict; top size·L·N), "random" (the vape selection's
-  per-layer counts drawn at random, `np.random.default_rng([seed, r])` via
-  `jaxvalues.evaluate.controls.random_like`). Only "random" uses the seed: the other methods get
+  against the other values, or support vs conflict; top size·L·N), "random" (a control draw of
+  the vape selection: `selection.control_kind` rate_matched (layer + firing-rate decile,
+  `jaxvalues.evaluate.controls.random_matched`) or layer (`random_like`)). Only "random" uses the seed: the other methods get
   seed = None and the grid is de-duplicated.
 - Modes: zero | mean | scale (× evaluation.gamma) | steer (statistics.scheme "stance" only:
   ×gain on the value's support neurons, 0 on its conflict neurons).
@@ -51,7 +52,8 @@ DEFAULTS: dict[str, dict] = {
              "max_evaluation_records": 100, "activation_lang": None},
     "statistics": {"scheme": "values", "token_selection": "rationale", "k": 16, "batch_size": 8,
                    "max_tokens": 65536, "buckets": None, "shard_size": 64},
-    "selection": {"filter_rate": 0.95, "activation_bar_ratio": 0.95, "contrast_metric": "effect"},
+    "selection": {"filter_rate": 0.95, "activation_bar_ratio": 0.95, "contrast_metric": "effect",
+                  "control_kind": "rate_matched"},
     "evaluation": {"batch_size": 16, "seq_multiple": 32, "gamma": 2.0, "gain": 5.0, "values": "target"},
     "grid": {"values": "all", "methods": ["vape"], "sizes": [0.01], "modes": ["zero"], "languages": ["zh", "en"],
              "seeds": [0]},
@@ -150,6 +152,9 @@ class SweepSpec:
                 raise ConfigError(f"{w}: mode 'steer' needs statistics.scheme: stance (support / conflict neurons)")
             if "contrast" in g["methods"]:
                 raise ConfigError(f"{w}: mode 'steer' is defined for methods vape and random, not contrast")
+        if self.selection["control_kind"] not in ("rate_matched", "layer"):
+            raise ConfigError(f"{w}: selection.control_kind must be 'rate_matched' or 'layer', "
+                              f"got {self.selection['control_kind']!r}")
         if self.evaluation["values"] not in ("target", "all"):
             raise ConfigError(f"{w}: evaluation.values must be 'target' (the value's own dilemmas) or 'all'")
         count = self.workers.get("count", 1)

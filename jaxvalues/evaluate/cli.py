@@ -4,9 +4,13 @@
         [--gamma G] [--means FILE]] [--controls R] [--leakage] [--sweep SCORES.npy]
         [--protocol choice|generate] [--max-records N] [--no-perplexity] --out DIR [--json]
 
-Writes DIR/per_dilemma.parquet (one row per condition × dilemma), DIR/summary_groups.parquet
-(per condition × value × language, with CIs), DIR/summary.json; the generation protocol also
-DIR/replies.parquet (every reply and its parse status), perplexity DIR/perplexity.parquet.
+The choice protocol with a targeted value (zero/mean/scale) runs on the experiment engine
+(jaxvalues.evaluate.engine), the same code as `jaxvalues run`: DIR/results.parquet (the tidy table)
+and DIR/summary.json (per value × language cells: targeted vs matched controls, excess, p-values,
+Holm/BH, verdict, minimum detectable excess). Rate-matched controls (the default) need the
+collected statistics (--stats DIR) for the firing rates; `--control-kind layer` matches on layer only.
+Size sweeps, steering and the generation protocol write DIR/per_dilemma.parquet,
+DIR/summary_groups.parquet and DIR/summary.json; the generation protocol also DIR/replies.parquet.
 --max-records N keeps the first N evaluation records of each value and language (file order).
 """
 
@@ -15,6 +19,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from jaxvalues.errors import ConfigError
 
@@ -32,6 +38,15 @@ def register(subparsers) -> None:
     p.add_argument("--gain", type=float, default=5.0, help="steer: multiplier on support-only neurons (default 5)")
     p.add_argument("--means", help="statistics file with per-neuron means, for --mode mean")
     p.add_argument("--controls", type=int, default=0, metavar="R", help="random control draws (e.g. 20)")
+    p.add_argument("--control-kind", default="rate_matched", choices=("rate_matched", "layer"),
+                   help="controls matched on layer and firing-rate bin (needs --stats), or on layer only")
+    p.add_argument("--stats", metavar="DIR", nargs="+",
+                   help="collected statistics (firing rates for rate-matched controls); several are merged")
+    p.add_argument("--alternative", default="less", choices=("less", "greater", "two-sided"),
+                   help="direction of the test, fixed before the run (less: the intervention lowers P(aligned))")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for the Holm verdict")
+    p.add_argument("--min-label-mass", type=float, default=0.5,
+                   help="exclude dilemmas whose baseline P(A)+P(B) is below this")
     p.add_argument("--leakage", action="store_true", help="intervene on every value's set: 12×12 leakage matrix")
     p.add_argument("--sweep", metavar="SCORES", help="size sweep over top 0.1%%..5%% neurons of an [L, N] .npy "
                    "score (lower = more specific)")  # fmt: skip
@@ -45,7 +60,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=0, help="random controls and bootstrap")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for 95%% CIs")
     p.add_argument("--no-perplexity", action="store_true", help="skip the neutral-corpus perplexity check")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--json", action="store_true", help="print the summary JSON to stdout")
@@ -55,16 +70,59 @@ def register(subparsers) -> None:
 def _limit(records, n):
     if n is None:
         return records
-    if n < 1:
+    from jaxvalues.evaluate.engine import select_records
+
+    if isinstance(n, int) and n < 1:
         raise ConfigError(f"--max-records must be >= 1, got {n}")
-    seen: dict = {}
-    out = []
-    for r in records:
-        k = (r.value, r.lang)
-        if seen.get(k, 0) < n:
-            seen[k] = seen.get(k, 0) + 1
-            out.append(r)
-    return out
+    return select_records(records, {r.value for r in records}, {r.lang for r in records}, n)
+
+
+def _drop_training_pairs(records, neurons_path):
+    """Identification never sees what is evaluated: a neuron set trained on dilemmas (attribution,
+    mask) records their pair_ids; those dilemmas are left out here, with a count on stderr."""
+    if not neurons_path:
+        return records
+    try:
+        from jaxvalues.identify.neuronset import NeuronSet
+
+        info = NeuronSet.load(neurons_path).info
+    except Exception:  # noqa: BLE001 - a JSON neuron file has no training record
+        return records
+    used = set((info.get("split") or {}).get("trained_on_pair_ids") or ())
+    if not used:
+        return records
+    kept = [r for r in records if r.pair_id not in used]
+    sys.stderr.write(f"held out: {len(records) - len(kept)} dilemmas the neuron set was trained on are left out; "
+                     f"{len(kept)} remain\n")
+    if not kept:
+        raise ConfigError(f"{neurons_path}: every evaluation dilemma was used to identify these neurons; "
+                          "evaluate on other dilemmas (identify --train-fraction keeps some held out)")
+    return kept
+
+
+def _check_args(args) -> None:
+    """Every argument checked before any work (one line each, naming the flag)."""
+    for flag in ("controls", "sweep_controls"):
+        if getattr(args, flag) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer ≥ 0, got {getattr(args, flag)}")
+    for flag in ("batch_size", "bootstrap", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    if not 0 < args.alpha < 1:
+        raise ConfigError(f"--alpha: expected a number in (0, 1), got {args.alpha}")
+    if not 0 <= args.min_label_mass < 1:
+        raise ConfigError(f"--min-label-mass: expected a number in [0, 1), got {args.min_label_mass}")
+    if args.gamma is not None and not np.isfinite(args.gamma):
+        raise ConfigError(f"--gamma: expected a finite number, got {args.gamma}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
+    if (out / "stages.json").exists():
+        raise ConfigError(f"--out {out}: holds a `jaxvalues run` directory (stages.json); writing evaluate's "
+                          "summary.json there would break that run: choose another directory")
 
 
 def _neuron_inputs(args, lm):
@@ -119,17 +177,25 @@ def _cmd_evaluate(args) -> int:
     from jaxvalues.evaluate.controls import SWEEP_FRACTIONS
     from jaxvalues.evaluate.sources import load_scores
 
+    _check_args(args)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     records = _limit(load_records(args.dataset, kind="evaluation", lang=args.lang), args.max_records)
     if not records:
         raise ConfigError(f"{args.dataset}: no evaluation records" + (f" in {args.lang}" if args.lang else ""))
+    records = _drop_training_pairs(records, args.neurons)
     lm = jv.load_model(args.model, dtype=args.dtype)
     ni = _neuron_inputs(args, lm)
     present = sorted({r.value for r in records})
     if ni.get("value") and ni["value"] not in present:
         raise ConfigError(f"{args.dataset}: no evaluation records of value {ni['value']!r} to measure the "
                           f"targeted effect on (the records have: {', '.join(present)})")
+    if (args.protocol == "choice" and ni.get("target") is not None and ni.get("value") and args.mode != "steer"
+            and not args.sweep):
+        return _engine_choice(args, lm, records, ni, out_dir)
+    if args.controls and args.control_kind == "rate_matched":
+        raise ConfigError("rate-matched controls are built for the choice protocol with --value (zero/mean/scale);"
+                          " use --control-kind layer here")
+    out_dir.mkdir(parents=True, exist_ok=True)
     conds = experiment.build_conditions(
         lm, target=ni.get("target"), mode=args.mode, gamma=args.gamma, means=ni.get("means"),
         conflict=ni.get("conflict"), gain=args.gain, controls=args.controls, seed=args.seed,
@@ -172,6 +238,77 @@ def _cmd_evaluate(args) -> int:
     else:
         _print_human(summary, out_dir)
     return 0
+
+
+def _engine_choice(args, lm, records, ni, out_dir: Path) -> int:
+    """The choice protocol on the experiment engine (the same code path as `jaxvalues run`)."""
+    from jaxvalues.evaluate import engine
+    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts
+
+    rates = None
+    if args.stats:
+        from jaxvalues.evaluate.controls import firing_rates
+        from jaxvalues.stats.checkpoint import load_stats
+
+        parts = [load_stats(d) for d in args.stats]
+        stats = parts[0]
+        for other in parts[1:]:
+            stats = stats.merge(other)
+        rates = firing_rates(stats)
+        if rates.shape != (lm.config.num_layers, lm.config.num_neurons):
+            raise ConfigError(f"--stats {args.stats}: statistics of shape {rates.shape}, the model has "
+                              f"[{lm.config.num_layers}, {lm.config.num_neurons}] neurons")
+    elif args.controls and args.control_kind == "rate_matched":
+        raise ConfigError("--controls: rate-matched controls need --stats DIR (collected statistics, for the "
+                          "firing rates); or pass --control-kind layer")
+    v = ni["value"]
+    maps = {v: ni["target"], **{u: m for u, m in (ni.get("leakage") or {}).items() if u != v}}
+    conds = engine.build_conditions(maps, mode=args.mode, controls=args.controls, control_kind=args.control_kind,
+                                    rates=rates, num_neurons=lm.config.num_neurons, seed=args.seed,
+                                    targeted_scope="all", control_values={v})
+    orders = ("aligned_first", "aligned_second") if args.orders == "both" else ("aligned_first",)
+    prompts = build_choice_prompts(records, lm.tokenizer, orders=orders, pad_id=lm.pad_id)
+    scorer = ChoiceScorer(lm, args.batch_size)
+    table = engine.run_conditions(lm, prompts, conds, gamma=args.gamma, means=ni.get("means"), gain=args.gain,
+                                  scorer=scorer)
+    summary = engine.summarize(table, values=list(maps), test_values=[v], alternative=args.alternative,
+                               alpha=args.alpha, n_boot=args.bootstrap, seed=args.seed, min_label_mass=args.min_label_mass,
+                               records=records, rates=rates, conditions=conds, control_kind=args.control_kind)
+    summary.update(protocol="choice", value=v, model=str(args.model), dataset=str(args.dataset), mode=args.mode,
+                   gamma=args.gamma, control_draws=args.controls, seed=args.seed,
+                   conditions=[c.name for c in conds], num_dilemmas=len(records),
+                   compilations=scorer.compilations())
+    if not args.no_perplexity:
+        from jaxvalues.evaluate.perplexity import perplexity_table, summarize_perplexity
+
+        iv = conds[1].intervention(gamma=args.gamma, means=ni.get("means"), gain=args.gain)
+        ppl = perplexity_table(lm, {"baseline": None, "targeted": iv}, batch_size=args.batch_size)
+        summary["perplexity"] = engine.clean(summarize_perplexity(ppl))
+    else:
+        ppl = None
+    summary["plain_summary"] = engine.plain_summary(summary)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic(out_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    if ppl is not None:
+        _atomic(out_dir / "perplexity.parquet", lambda p: ppl.to_parquet(p, index=False))
+    text = json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False)
+    _atomic(out_dir / "summary.json", lambda p: p.write_text(text + "\n", encoding="utf-8"))
+    if args.json:
+        print(text)
+    else:
+        from rich.console import Console
+
+        from jaxvalues.pipeline.cli import print_summary
+
+        print_summary({**summary, "name": "evaluate", "no_neurons": [], "report": str(out_dir / "summary.json")},
+                      Console(file=sys.stdout))
+    return 0
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    write(tmp)
+    tmp.replace(path)
 
 
 def _fmt(x) -> str:

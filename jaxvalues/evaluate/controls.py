@@ -124,6 +124,104 @@ def random_like(neurons: Mapping, num_neurons: int, draws: int = 20, seed: int =
     return out
 
 
+CONTROL_KINDS = ("rate_matched", "layer")
+
+
+def firing_rates(stats) -> np.ndarray:
+    """[L, N] float64: pooled probability that a neuron is active (act > 0) over all counted tokens."""
+    active, tokens = np.asarray(stats.active, np.float64), np.asarray(stats.tokens, np.float64)
+    if tokens.sum() <= 0:
+        raise JaxValuesError("statistics: no tokens were collected, so there are no firing rates")
+    return active.sum(0) / tokens.sum()
+
+
+def rate_bins(rates: np.ndarray, bins: int = 10) -> np.ndarray:
+    """[L, N] int: each neuron's firing-rate bin within its layer (quantile bins of that layer's rates;
+    bin edges are the layer's 1/bins .. (bins−1)/bins quantiles, so each bin holds ≈ N/bins neurons)."""
+    r = np.asarray(rates, np.float64)
+    if r.ndim != 2:
+        raise JaxValuesError(f"firing rates must be [L, N], got shape {r.shape}")
+    if not isinstance(bins, int) or bins < 1:
+        raise ConfigError(f"bins: expected a positive integer, got {bins!r}")
+    out = np.zeros(r.shape, np.int64)
+    qs = np.arange(1, bins) / bins
+    for layer in range(r.shape[0]):
+        edges = np.quantile(r[layer], qs)
+        out[layer] = np.searchsorted(edges, r[layer], side="right")
+    return out
+
+
+def random_matched(neurons: Mapping, rates, draws: int = 20, seed: int = 0, *, bins: int = 10,
+                   exclude: Mapping | None = None) -> list[dict[int, list[int]]]:
+    """`draws` random maps matched to `neurons` on layer AND within-layer firing-rate bin.
+
+    For every targeted neuron (layer l, rate bin b) a non-targeted neuron of layer l from bin b is
+    drawn without replacement, so per-layer counts and per-layer rate-bin counts both match. Where
+    a bin has fewer free neurons than it needs, the rest come from the nearest bins (lower bin
+    first on ties) — counted in `random_matched.last_spill` for the caller to report. Draw r uses
+    `np.random.default_rng([seed, r, 7])`: reproducible and independent of `draws`."""
+    rates = np.asarray(rates, np.float64)
+    num_layers, num_neurons = rates.shape
+    b = rate_bins(rates, bins)
+    target = normalize_map(neurons)
+    avoid = {l: set(v) for l, v in target.items()}
+    for l, v in normalize_map(exclude or {}).items():
+        avoid.setdefault(l, set()).update(v)
+    for layer, idx in target.items():
+        if layer >= num_layers or max(idx) >= num_neurons:
+            raise ConfigError(f"neuron map names layer {layer} neuron {max(idx)} but the firing rates are "
+                              f"[{num_layers}, {num_neurons}]")
+    out, spill = [], 0
+    for r in range(int(draws)):
+        rng = np.random.default_rng([int(seed), r, 7])
+        m = {}
+        for layer, idx in target.items():
+            free = np.setdiff1d(np.arange(num_neurons), np.asarray(sorted(avoid.get(layer, ())), np.int64))
+            if len(idx) > len(free):
+                raise ConfigError(f"layer {layer}: cannot draw {len(idx)} random neurons from the {len(free)} "
+                                  f"not targeted (num_neurons={num_neurons})")
+            pools = {k: list(rng.permutation(free[b[layer, free] == k])) for k in range(bins)}
+            picks = []
+            for n in idx:  # deterministic order: the targeted neurons' ascending ids
+                want = int(b[layer, n])
+                for k in sorted(range(bins), key=lambda k: (abs(k - want), k)):
+                    if pools[k]:
+                        picks.append(int(pools[k].pop()))
+                        spill += k != want
+                        break
+            m[layer] = sorted(picks)
+        out.append(m)
+    random_matched.last_spill = spill
+    return out
+
+
+random_matched.last_spill = 0
+
+
+def draw_controls(neurons: Mapping, num_neurons: int, draws: int, seed: int, kind: str = "rate_matched",
+                  rates=None) -> list[dict[int, list[int]]]:
+    """Random control maps of `kind`: "rate_matched" (layer + firing-rate bin, needs `rates`) or
+    "layer" (`random_like`: per-layer counts only)."""
+    if kind not in CONTROL_KINDS:
+        raise ConfigError(f"control kind: expected one of {', '.join(CONTROL_KINDS)}, got {kind!r}")
+    if not draws:
+        return []
+    if kind == "layer":
+        return random_like(neurons, num_neurons, draws, seed)
+    if kind == "rate_matched":
+        if rates is None:
+            raise ConfigError("rate-matched controls need firing rates from collected statistics")
+        return random_matched(neurons, rates, draws, seed)
+    raise ConfigError(f"control kind: expected one of {', '.join(CONTROL_KINDS)}, got {kind!r}")
+
+
+def mean_rate(neurons: Mapping, rates) -> float:
+    """Mean firing rate of the neurons of a map (NaN for an empty map)."""
+    nm = normalize_map(neurons)
+    vals = [float(rates[l, n]) for l, idx in nm.items() for n in idx]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def random_steer_like(support: Mapping, conflict: Mapping, num_neurons: int, draws: int = 20,
                       seed: int = 0) -> list[tuple[dict, dict]]:
     """Random (support, conflict) pairs matching the per-layer sizes of support-only and conflict-only."""

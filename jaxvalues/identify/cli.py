@@ -44,6 +44,10 @@ def register(subparsers) -> None:
     g.add_argument("--l1", type=float, default=1e-3, help="mask L1 penalty")
     g.add_argument("--min-ratio", type=float, help="keep scores >= ratio × the value's best (IG: 0.2)")
     g.add_argument("--dtype", default="float32")
+    g.add_argument("--train-fraction", type=float, default=0.5,
+                   help="share of dilemma pairs (split by pair_id, per value) the method trains on; the rest is "
+                        "held out for `evaluate`, which drops the training pairs (default 0.5)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the pair_id split")
     p.set_defaults(func=cmd_identify)
 
 
@@ -58,8 +62,17 @@ def _eval_records(args):
 
     if not args.model or not args.dataset:
         raise ConfigError(f"--method {args.method} needs --model and --dataset (evaluation dilemmas)")
+    from jaxvalues.evaluate.engine import split_by_pair
+
     recs = load_records(args.dataset, kind="evaluation", lang=args.lang, values=_values(args))
-    return interleave_by_value(recs, args.max_records)
+    train, held = split_by_pair(recs, args.train_fraction, args.split_seed)
+    if not train or not held:
+        raise ConfigError(f"{' '.join(args.dataset)}: --train-fraction {args.train_fraction} leaves "
+                          f"{len(train)} training and {len(held)} held-out dilemmas; both must be non-empty")
+    args._split = {"dataset": list(args.dataset), "fraction": args.train_fraction, "seed": args.split_seed,
+                   "trained_on_pair_ids": sorted({r.pair_id for r in train}),
+                   "held_out_pair_ids": sorted({r.pair_id for r in held})}
+    return interleave_by_value(train, args.max_records)
 
 
 def run(args: argparse.Namespace):
@@ -109,6 +122,11 @@ def run(args: argparse.Namespace):
 
 def cmd_identify(args: argparse.Namespace) -> int:
     ns, report = run(args)
+    split = getattr(args, "_split", None)
+    if split is not None:  # evaluation dilemmas the method trained on: `evaluate` leaves them out
+        ns.info["split"] = split
+        report = {**(report or {}), "split": {k: (len(v) if isinstance(v, list) and k.endswith("ids") else v)
+                                              for k, v in split.items()}}
     path = ns.save(args.out)
     hist = {v: h.tolist() for v, h in ns.layer_histogram().items()}
     values, overlap = ns.overlap()

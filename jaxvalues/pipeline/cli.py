@@ -40,31 +40,37 @@ def print_summary(summary: dict, console) -> None:
     from rich.table import Table
 
     def num(x, fmt):
-        return format(x, fmt) if x == x else "n/a"  # NaN -> n/a
+        return "n/a" if x is None or x != x else format(x, fmt)
 
     b = summary["baseline"]
     # fits an 80-column terminal: no vertical rules, one space between columns
-    t = Table(title=f"{summary['name']}: value neurons switched off ({summary['mode']}) — Δ P(aligned)",
-              caption="n: neurons of the value · P0: baseline P(aligned) on its dilemmas · "
-                      "Δ: targeted shift with bootstrap 95% CI · random: mean ± sd over controls",
+    t = Table(title=f"{summary['name']}: value neurons switched off ({summary['mode']}) — Δ log-odds(aligned)",
+              caption="n: neurons · d: held-out dilemmas · P0: baseline P(aligned) · Δ: targeted · ctrl: mean±sd "
+                      "of controls · excess: Δ − ctrl · p: one-sided parametric · Holm: adjusted p",
               box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False)
-    for col in ("value", "n", "P0", "Δ", "95% CI", "random", "z", "p"):
-        t.add_column(col, justify="left" if col == "value" else "right", no_wrap=True)
-    for r in summary["shift"]:
-        ctrl = (f"{r['control_mean']:+.4f}±{r['control_sd']:.4f}" if r["control_mean"] == r["control_mean"]
-                else "n/a")
-        t.add_row(r["value"], str(r["neurons"]), f"{r['baseline_p']:.3f}", f"{r['targeted']:+.4f}",
-                  f"[{r['targeted_lo']:+.4f},{r['targeted_hi']:+.4f}]", ctrl, num(r["z"], ".2f"), num(r["p"], ".3f"))
+    for col in ("value", "la", "n", "d", "P0", "Δ", "ctrl", "excess", "p", "Holm", "verdict"):
+        t.add_column(col, justify="left" if col in ("value", "verdict") else "right", no_wrap=True)
+    for r in summary.get("cells") or []:
+        ctrl = f"{num(r['control_mean'], '+.3f')}±{num(r['control_sd'], '.3f')}"
+        t.add_row(r["value"][:12], r["lang"], str(r["neurons"]), str(r["dilemmas"]), num(r["baseline_p"], ".2f"),
+                  num(r["targeted"], "+.3f"), ctrl, num(r["excess"], "+.3f"), num(r["p_param"], ".3f"),
+                  num(r["p_holm"], ".3f"), "YES" if r["verdict"] != "not distinguishable" else "no")
     console.print(t)
-    console.print(f"baseline: P(aligned) {b['p_aligned']:.3f}, aligned-choice rate {b['aligned_rate']:.3f}, "
-                  f"position bias {b['position_bias']:+.3f}")
+    mde = summary.get("mde", {})
+    console.print(f"minimum detectable excess (80% power, Holm): median {num(mde.get('median'), '.3f')}, "
+                  f"max {num(mde.get('max'), '.3f')} log-odds")
+    console.print(f"baseline: P(aligned) {b['p_aligned']:.3f}, median |log-odds| {b['median_abs_logodds']:.2f}, "
+                  f"aligned-choice rate {b['aligned_rate']:.3f}, position bias {b['position_bias']:+.3f}, "
+                  f"label mass {b['label_mass_mean']:.3f} ({b['low_label_mass']} dilemmas below the threshold)")
+    for note in summary.get("notes") or []:
+        console.print(f"note: {note}")
     if summary.get("no_neurons"):
         console.print(f"values without neurons: {', '.join(summary['no_neurons'])}")
     lk = summary["leakage"]
     if "diag_mean" in lk:
         console.print(f"leakage: mean |Δ| on the value's own dilemmas {lk['diag_mean']:.4f}, on other values' "
-                      f"{lk['offdiag_mean']:.4f} (ratio {lk['ratio']:.2f}); {lk['rows_dominant']}/{lk['num_values']}"
-                      " values move their own dilemmas most")
+                      f"{lk['offdiag_mean']:.4f} (ratio {num(lk['ratio'], '.2f')}); {lk['rows_dominant']}/"
+                      f"{lk['num_values']} values move their own dilemmas most")
     ppl = summary.get("perplexity") or {}
     if ppl:
         parts = []

@@ -28,9 +28,12 @@ DEFAULTS: dict = {
     "collect": {"records_per_value": 30, "token_selection": "all", "last_k": 16, "batch_size": 8},
     "identify": {"method": "vape", "filter_rate": 0.95, "top_rate": 0.01, "activation_bar_ratio": 0.95,
                  "stability": True},
-    "evaluate": {"dilemmas_per_value": 20, "mode": "zero", "gamma": None, "controls": 20, "leakage": True,
-                 "perplexity_texts": 40, "bootstrap": 1000, "batch_size": 16},
+    "evaluate": {"values": "all", "dilemmas_per_value": 20, "mode": "zero", "gamma": None, "controls": 20,
+                 "control_kind": "rate_matched", "alternative": "less", "alpha": 0.05, "min_label_mass": 0.5,
+                 "leakage": True, "perplexity_texts": 40, "bootstrap": 2000, "batch_size": 16},
 }
+CONTROL_KINDS = ("rate_matched", "layer")
+ALTERNATIVES = ("less", "greater", "two-sided")
 MODES = ("zero", "mean", "scale")
 SELECTIONS = ("all", "rationale", "last_k")
 METHODS = ("vape",)
@@ -66,7 +69,7 @@ def _pos_int(cfg, where, key, allow_none=False):
 def _rate(cfg, where, key):
     sect, _, field = key.partition(".")
     v = cfg[sect][field]
-    if not isinstance(v, (int, float)) or not 0 < v < 1:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
         raise ConfigError(f"{where}: {key}: expected a number in (0, 1), got {v!r}")
 
 
@@ -95,10 +98,25 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
     for key in ("identify.filter_rate", "identify.top_rate", "identify.activation_bar_ratio"):
         _rate(cfg, where, key)
     c, e = cfg["collect"], cfg["evaluate"]
-    if not isinstance(e["controls"], int) or e["controls"] < 0:
-        raise ConfigError(f"{where}: evaluate.controls: expected an integer ≥ 0, got {e['controls']!r}")
-    if not isinstance(e["perplexity_texts"], int) or e["perplexity_texts"] < 0:
-        raise ConfigError(f"{where}: evaluate.perplexity_texts: expected an integer ≥ 0, got {e['perplexity_texts']!r}")
+    for key in ("controls", "perplexity_texts"):
+        v = e[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{where}: evaluate.{key}: expected an integer ≥ 0, got {v!r}")
+    for sect, key in (("evaluate", "leakage"), ("identify", "stability")):
+        if not isinstance(cfg[sect][key], bool):
+            raise ConfigError(f"{where}: {sect}.{key}: expected true or false, got {cfg[sect][key]!r}")
+    if e["control_kind"] not in CONTROL_KINDS:
+        raise ConfigError(f"{where}: evaluate.control_kind: expected one of {CONTROL_KINDS}, got {e['control_kind']!r}")
+    if e["alternative"] not in ALTERNATIVES:
+        raise ConfigError(f"{where}: evaluate.alternative: expected one of {ALTERNATIVES} (the direction fixed "
+                          f"before the run; 'less': ablation lowers P(aligned)), got {e['alternative']!r}")
+    _rate(cfg, where, "evaluate.alpha")
+    m = e["min_label_mass"]
+    if not isinstance(m, (int, float)) or isinstance(m, bool) or not 0 <= m < 1:
+        raise ConfigError(f"{where}: evaluate.min_label_mass: expected a number in [0, 1), got {m!r}")
+    if e["gamma"] is not None and (not isinstance(e["gamma"], (int, float)) or isinstance(e["gamma"], bool)
+                                   or e["gamma"] != e["gamma"] or abs(e["gamma"]) == float("inf")):
+        raise ConfigError(f"{where}: evaluate.gamma: expected a finite number, got {e['gamma']!r}")
     if c["token_selection"] not in SELECTIONS:
         raise ConfigError(f"{where}: collect.token_selection: expected one of {SELECTIONS}, got {c['token_selection']!r}")
     if cfg["identify"]["method"] not in METHODS:
@@ -124,6 +142,20 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
             cfg["values"] = [get_value(v).id for v in vals]
         except Exception as err:  # DataError with a suggestion
             raise ConfigError(f"{where}: values: {err}") from None
+    ev = cfg["evaluate"]["values"]
+    if ev == "all":
+        cfg["evaluate"]["values"] = list(cfg["values"])
+    else:
+        ev = [ev] if isinstance(ev, str) else ev
+        try:
+            ev = [get_value(v).id for v in ev]
+        except Exception as err:
+            raise ConfigError(f"{where}: evaluate.values: {err}") from None
+        outside = [v for v in ev if v not in cfg["values"]]
+        if outside or not ev:
+            raise ConfigError(f"{where}: evaluate.values: expected a non-empty subset of values {cfg['values']}, "
+                              f"got {ev!r}")
+        cfg["evaluate"]["values"] = ev
     if cfg["dtype"] not in ("float32", "bfloat16"):
         raise ConfigError(f"{where}: dtype: expected float32 or bfloat16, got {cfg['dtype']!r}")
     return cfg

@@ -8,15 +8,21 @@ of the config fields it depends on and of its upstream stage — changes):
     stats/                  NeuronStats checkpoint (orbax) + summary.json/.parquet
     neurons.parquet         the NeuronSet (value, layer, neuron, score, method, rank)
     identify.json           selection report, per-value counts, layer histogram, overlap, stability
-    choice.parquet          per (condition, dilemma): P(aligned) in both orders, position bias
-    controls.parquet        per (value, random draw): Δ P(aligned) on that value's dilemmas
+    results.parquet         the engine's tidy table: per (condition, dilemma) P(aligned), log-odds,
+                            label mass and the paired change against the baseline (engine.py)
     perplexity.parquet      per (condition, text): nll, tokens, ppl
-    summary.json            the headline tables (targeted vs random, leakage, perplexity cost)
+    summary.json            the verdict: per value × language cells (targeted vs matched controls,
+                            excess, p-values, Holm/BH, verdict, MDE), leakage, perplexity cost
     report.html + *.png     the report
 
-Evaluation design: conditions "baseline" and "value:{v}" (v's neurons switched off) run over every
-value's dilemmas (→ the 12 × 12 leakage matrix; its diagonal is the targeted effect);
-R random controls per value, with v's per-layer counts, run on v's dilemmas only.
+Evaluation design (jaxvalues.evaluate.engine): conditions "baseline" and "value:{v}" (v's neurons
+switched off) run over every value's dilemmas (→ the leakage matrix; its diagonal is the targeted
+effect); R random controls per value, matched on layer and within-layer firing-rate bin by
+default, run on v's dilemmas only. Identification sees only activation stories; they are checked
+against the evaluation dilemmas for shared pair_ids and near-duplicate texts before any work.
+Split-half stability: the activation records are split by pair_id, collected per half (the
+statistics are exact integers, so the merged halves equal a single pass bit for bit) and VAPE
+is run on each half; identify.json holds the per-value Jaccard.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from jaxvalues.errors import JaxValuesError
+from jaxvalues.errors import ConfigError, JaxValuesError
+from jaxvalues.evaluate.engine import check_disjoint, select_records
 from jaxvalues.pipeline.config import stage_hash
 
 STAGES = ("collect", "identify", "evaluate", "report")
@@ -75,18 +82,6 @@ def _say(console, msg):
         console.print(msg)
 
 
-def _select(records, values, langs, per_value):
-    """First `per_value` records of each (value, language), in the dataset's order."""
-    out, seen = [], {}
-    for r in records:
-        if r.value in values and r.lang in langs:
-            k = (r.value, r.lang)
-            if seen.get(k, 0) < per_value:
-                seen[k] = seen.get(k, 0) + 1
-                out.append(r)
-    return out
-
-
 def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None, console=None,
                    progress: bool = True) -> dict:
     """Run (or resume) the experiment; returns summary.json's content."""
@@ -95,6 +90,8 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
 
     rd = RunDir(Path(out))
     if max_records is not None:  # a reduced run (CI): cap records per value and language
+        if not isinstance(max_records, int) or isinstance(max_records, bool) or max_records < 1:
+            raise ConfigError(f"--max-records: expected a positive integer, got {max_records!r}")
         cfg = json.loads(json.dumps(cfg))
         cfg["collect"]["records_per_value"] = min(cfg["collect"]["records_per_value"], max_records)
         cfg["evaluate"]["dilemmas_per_value"] = min(cfg["evaluate"]["dilemmas_per_value"], max_records)
@@ -104,6 +101,18 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     tmp.replace(rd.path / "config.yaml")
     timings: dict = {}
 
+    acts = select_records(load_records(cfg["dataset"], kind="activation"), cfg["values"], cfg["languages"],
+                          cfg["collect"]["records_per_value"])
+    evals = select_records(load_records(cfg["dataset"], kind="evaluation"), cfg["evaluate"]["values"],
+                           cfg["languages"], cfg["evaluate"]["dilemmas_per_value"])
+    if not acts:
+        raise JaxValuesError(f"{cfg['dataset']}: no activation records for values {cfg['values']} and "
+                             f"languages {cfg['languages']}")
+    if not evals:
+        raise JaxValuesError(f"{cfg['dataset']}: no evaluation dilemmas for values {cfg['values']} and "
+                             f"languages {cfg['languages']}")
+    disjoint = check_disjoint(acts, evals)  # before any model work
+
     t0 = time.time()
     _say(console, f"[bold]loading[/bold] {cfg['model']} ({cfg['dtype']})")
     lm = jv.load_model(cfg["model"], dtype=cfg["dtype"])
@@ -112,50 +121,59 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
         raise JaxValuesError(f"{cfg['model']}: the model has no tokenizer; `jaxvalues run` renders text prompts")
 
     # ---- collect -----------------------------------------------------------------------------
+    from jaxvalues.identify.neuronset import split_halves
     from jaxvalues.stats.checkpoint import load_stats, save_stats
 
     h_collect = stage_hash(cfg, "collect")
-    if rd.done("collect", h_collect) and (rd.path / "stats" / "summary.json").exists():
+    halves = split_halves(acts, seed=cfg["seed"]) if cfg["identify"]["stability"] else None
+    stat_dirs = ["half_a", "half_b"] if halves else ["all"]
+    if rd.done("collect", h_collect) and all((rd.path / "stats" / d / "summary.json").exists() for d in stat_dirs):
         _say(console, "collect: [green]done[/green] (resumed)")
-        stats = load_stats(rd.path / "stats")
+        parts = [load_stats(rd.path / "stats" / d) for d in stat_dirs]
     else:
         from jaxvalues.stats.records import collect_records
 
         t = time.time()
-        recs = _select(load_records(cfg["dataset"], kind="activation"), cfg["values"], cfg["languages"],
-                       cfg["collect"]["records_per_value"])
-        if not recs:
-            raise JaxValuesError(f"{cfg['dataset']}: no activation records for values {cfg['values']} and "
-                                 f"languages {cfg['languages']}")
-        _say(console, f"collect: {len(recs)} activation stories")
+        _say(console, f"collect: {len(acts)} activation stories" + (" (two halves by pair_id)" if halves else ""))
         c = cfg["collect"]
-        stats = collect_records(lm, recs, scheme="values", token_selection=c["token_selection"], k=c["last_k"],
-                                batch_size=c["batch_size"], progress=progress)
-        save_stats(stats, rd.path / "stats")
+        parts = []
+        for d, recs in zip(stat_dirs, halves or [acts]):
+            st = collect_records(lm, recs, scheme="values", token_selection=c["token_selection"], k=c["last_k"],
+                                 batch_size=c["batch_size"], progress=progress)
+            save_stats(st, rd.path / "stats" / d)
+            parts.append(st)
         rd.mark("collect", h_collect, time.time() - t)
+    stats = parts[0] if len(parts) == 1 else parts[0].merge(parts[1])
     timings["collect"] = rd.stages["collect"]["seconds"]
 
     # ---- identify ----------------------------------------------------------------------------
-    from jaxvalues.identify.neuronset import NeuronSet
+    from jaxvalues.identify.neuronset import NeuronSet, stability
     from jaxvalues.identify.vape import vape
 
     h_identify = stage_hash(cfg, "identify", h_collect)
     idc = cfg["identify"]
     values = [v for v in cfg["values"]]
+    rates = dict(filter_rate=idc["filter_rate"], top_rate=idc["top_rate"],
+                 activation_bar_ratio=idc["activation_bar_ratio"])
     if rd.done("identify", h_identify) and (rd.path / "neurons.parquet").exists():
         _say(console, "identify: [green]done[/green] (resumed)")
         ns = NeuronSet.load(rd.path / "neurons.parquet")
         ident = json.loads((rd.path / "identify.json").read_text())
     else:
         t = time.time()
-        res = vape(stats, values, filter_rate=idc["filter_rate"], top_rate=idc["top_rate"],
-                   activation_bar_ratio=idc["activation_bar_ratio"])
+        res = vape(stats, values, **rates)
         ns = res.to_neuronset("vape")
         names, overlap = ns.overlap(values)
         hist = ns.layer_histogram(lm.config.num_layers)
         ident = {"selection": res.report(), "counts": {v: len(ns.pairs(v)) if v in ns.values else 0 for v in values},
                  "overlap": {"values": names, "jaccard": np.asarray(overlap).tolist()},
-                 "layer_histogram": {v: np.asarray(h).tolist() for v, h in hist.items()}}
+                 "layer_histogram": {v: np.asarray(h).tolist() for v, h in hist.items()},
+                 "held_out": {"activation_records": len(acts), "evaluation_records": len(evals), **disjoint}}
+        if len(parts) == 2:
+            a, b = (vape(p, values, **rates).to_neuronset("vape") for p in parts)
+            ident["stability"] = {"method": "split-half by pair_id: VAPE on each half, Jaccard of the sets",
+                                  "records": [len(h) for h in halves],
+                                  "jaccard": {v: _num(j) for v, j in stability(a, b, values).items()}}
         ns.save(rd.path / "neurons.parquet")
         rd.write_json("identify.json", ident)
         rd.mark("identify", h_identify, time.time() - t)
@@ -170,7 +188,7 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
         summary = json.loads((rd.path / "summary.json").read_text())
     else:
         t = time.time()
-        summary = _evaluate(lm, cfg, ns, stats, values, rd, console, progress)
+        summary = _evaluate(lm, cfg, ns, stats, cfg["evaluate"]["values"], evals, rd, console, progress)
         timings["evaluate"] = time.time() - t
         summary["meta"] = _meta(lm, cfg, timings)
         rd.write_json("summary.json", summary)
@@ -184,130 +202,65 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     return summary
 
 
-def _evaluate(lm, cfg, ns, stats, values, rd: RunDir, console, progress: bool = False) -> dict:
-    import pandas as pd
+def _num(x):
+    x = float(x)
+    return None if x != x else x
 
-    from jaxvalues.data.io import load_records
-    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts, choice_table
-    from jaxvalues.evaluate.controls import control_report, diagonal_dominance, random_like
-    from jaxvalues.evaluate.metrics import bootstrap_ci
+
+def _evaluate(lm, cfg, ns, stats, values, recs, rd: RunDir, console, progress: bool = False) -> dict:
+    from jaxvalues.evaluate import engine
+    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts
+    from jaxvalues.evaluate.controls import firing_rates, pooled_means
     from jaxvalues.evaluate.perplexity import load_neutral_corpus, perplexity_table, summarize_perplexity
-    from jaxvalues.models.intervention import Intervention
 
     e = cfg["evaluate"]
-    N = lm.config.num_neurons
-    recs = _select(load_records(cfg["dataset"], kind="evaluation"), values, cfg["languages"], e["dilemmas_per_value"])
-    if not recs:
-        raise JaxValuesError(f"{cfg['dataset']}: no evaluation dilemmas for values {values} and languages {cfg['languages']}")
-    means = None
-    if e["mode"] == "mean":
-        from jaxvalues.evaluate.controls import pooled_means
-
-        means = pooled_means(stats)
-
-    def make(neurons):
-        if e["mode"] == "zero":
-            return Intervention.zero(neurons)
-        if e["mode"] == "scale":
-            return Intervention.scale(neurons, e["gamma"])
-        return Intervention.set(neurons, means)
-
+    rates = firing_rates(stats)
+    means = pooled_means(stats) if e["mode"] == "mean" else None
     targeted = [v for v in values if v in ns.values and len(ns.pairs(v))]
+    conds = engine.build_conditions({v: ns.neurons(v) for v in targeted}, mode=e["mode"], controls=e["controls"],
+                                    control_kind=e["control_kind"], rates=rates, num_neurons=lm.config.num_neurons,
+                                    seed=cfg["seed"], targeted_scope="all" if e["leakage"] else "own")
     scorer = ChoiceScorer(lm, e["batch_size"])
     prompts = build_choice_prompts(recs, lm.tokenizer)
-    conds = {"baseline": None, **{f"value:{v}": make(ns.neurons(v)) for v in targeted}}
-    # random controls: same per-layer counts as value v, scored on v's own dilemmas only
-    ctrl_of: dict[str, str] = {}
-    for k, v in enumerate(targeted):
-        if e["controls"]:
-            maps = random_like(ns.neurons(v), N, e["controls"], seed=cfg["seed"] * 1000 + k)
-            for r, m in enumerate(maps):
-                conds[f"random:{v}#{r:02d}"] = make(m)
-                ctrl_of[f"random:{v}#{r:02d}"] = v
-    names = list(conds)
-    row_value = np.array([prompts.meta[d]["value"] for d in prompts.dilemma])
-    rows = np.array([np.ones(prompts.num_rows, bool) if n not in ctrl_of else row_value == ctrl_of[n]
-                     for n in names])
-    n_main = 1 + len(targeted)
-    _say(console, f"evaluate: {len(recs)} dilemmas × 2 orders × {n_main} conditions"
-                  f" + {len(ctrl_of)} random controls on their value's dilemmas")
-    logits = _score(scorer, prompts, [conds[n] for n in names], rows, progress)
-    table = choice_table(prompts, logits[:n_main], names[:n_main])
+    n_ctrl = sum(c.kind == "control" for c in conds)
+    _say(console, f"evaluate: {len(recs)} dilemmas × 2 orders × {1 + len(targeted)} conditions"
+                  f" + {n_ctrl} {e['control_kind']} controls on their value's dilemmas")
+    kw = dict(gamma=e["gamma"], means=means, scorer=scorer)
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    base = table[table.condition == "baseline"].set_index("record_id")["p_aligned"]
-    table["delta_p"] = table["p_aligned"].to_numpy() - base.reindex(table["record_id"]).to_numpy()
-    rd.write_parquet("choice.parquet", table)
-
-    # leakage: rows = intervened value, cols = value of the dilemmas; diagonal = targeted effect
-    leak = np.full((len(values), len(values)), np.nan)
-    for i, v in enumerate(values):
-        if v not in targeted:
-            continue
-        sub = table[table.condition == f"value:{v}"]
-        for j, u in enumerate(values):
-            leak[i, j] = sub[sub.value == u]["delta_p"].mean()
-
-    ctab = choice_table(prompts, logits[n_main:], names[n_main:]) if ctrl_of else None
-    rows_out, shift = [], []
-    for v in targeted:
-        own = table[(table.condition == f"value:{v}")]
-        own_delta = own[own.value == v]["delta_p"].to_numpy()
-        if ctab is not None:
-            mine = ctab[ctab.condition.map(ctrl_of) == v]
-            mine = mine[mine.value == v]
-            for name, g in mine.groupby("condition", sort=False):
-                b = base.reindex(g["record_id"]).to_numpy()
-                rows_out.append({"value": v, "condition": name,
-                                 "delta_p": float(np.mean(g["p_aligned"].to_numpy() - b)),
-                                 "flip_rate": float(np.mean(g["chose_aligned"].to_numpy() != (b > 0.5)))})
-        ctrl_effects = [r["delta_p"] for r in rows_out if r["value"] == v]
-        rep = control_report(float(np.mean(own_delta)), ctrl_effects)
-        lo, hi = bootstrap_ci(own_delta, e["bootstrap"], seed=cfg["seed"])
-        base_v = base.reindex(own[own.value == v]["record_id"]).to_numpy()
-        shift.append({"value": v, "neurons": len(ns.pairs(v)), "dilemmas": int(len(own_delta)),
-                      "baseline_p": float(np.mean(base_v)), "targeted": rep["target"], "targeted_lo": float(lo),
-                      "targeted_hi": float(hi), "control_mean": rep["control_mean"], "control_sd": rep["control_sd"],
-                      "z": rep["z"], "p": rep["p_empirical"],
-                      "flip_rate": float(np.mean((own[own.value == v]["p_aligned"].to_numpy() > 0.5) != (base_v > 0.5)))})
-    rd.write_parquet("controls.parquet", pd.DataFrame(rows_out, columns=["value", "condition", "delta_p", "flip_rate"]))
+        with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                      TimeRemainingColumn()) as bar:
+            task = bar.add_task("evaluate", total=engine.num_batches(scorer, prompts, conds))
+            table = engine.run_conditions(lm, prompts, conds, on_batch=lambda: bar.advance(task), **kw)
+    else:
+        table = engine.run_conditions(lm, prompts, conds, **kw)
+    rd.write_parquet("results.parquet", table)
+    rd.write_json("conditions.json", {c.name: {"kind": c.kind, "value": c.value, "mode": c.mode, "scope": c.scope,
+                                               "neurons": {str(l): v for l, v in c.neurons.items()}}
+                                      for c in conds})
+    summary = engine.summarize(table, values=values, alternative=e["alternative"], alpha=e["alpha"],
+                               n_boot=e["bootstrap"], seed=cfg["seed"], min_label_mass=e["min_label_mass"],
+                               records=recs, rates=rates, conditions=conds, control_kind=e["control_kind"])
 
     # general-capability cost: perplexity of neutral text with all value neurons off
     ppl = None
-    if e["perplexity_texts"]:
+    if e["perplexity_texts"] and targeted:
         corpus = [c for lang in cfg["languages"] for c in load_neutral_corpus(lang)[: e["perplexity_texts"]]]
         union: dict[int, set] = {}
         for v in targeted:
             for layer, ids in ns.neurons(v).items():
                 union.setdefault(layer, set()).update(ids)
-        pconds = {"baseline": None, "all_values": make({l: sorted(s) for l, s in union.items()})}
+        allv = engine.Condition("all_values", "targeted", None, {l: sorted(x) for l, x in union.items()}, e["mode"])
+        pconds = {"baseline": None, "all_values": allv.intervention(gamma=e["gamma"], means=means)}
         ptab = perplexity_table(lm, pconds, corpus, batch_size=e["batch_size"])
         rd.write_parquet("perplexity.parquet", ptab)
-        ppl = summarize_perplexity(ptab)
-
-    base_all = table[table.condition == "baseline"]
-    return {
-        "name": cfg["name"], "model": cfg["model"], "mode": e["mode"], "gamma": e["gamma"],
-        "dilemmas": len(recs), "values": values, "no_neurons": [v for v in values if v not in targeted],
-        "baseline": {"p_aligned": float(base_all["p_aligned"].mean()),
-                     "aligned_rate": float(base_all["chose_aligned"].mean()),
-                     "position_bias": float(base_all["position_bias"].mean())},
-        "shift": shift,
-        "leakage": {"values": values, "matrix": leak.tolist(),
-                    **diagonal_dominance(pd.DataFrame(np.nan_to_num(leak), index=values, columns=values))},
-        "perplexity": ppl, "compilations": scorer.compilations(),
-    }
-
-
-def _score(scorer, prompts, conditions, rows, progress: bool):
-    """All evaluation conditions in one pass of the scorer, behind one progress bar."""
-    if not progress:
-        return scorer.logits(prompts, conditions, rows)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
-                  TimeRemainingColumn()) as bar:
-        task = bar.add_task("evaluate", total=scorer.num_batches(prompts, len(conditions), rows))
-        return scorer.logits(prompts, conditions, rows, on_batch=lambda: bar.advance(task))
+        ppl = engine.clean(summarize_perplexity(ptab))
+    summary.update({"name": cfg["name"], "model": cfg["model"], "mode": e["mode"], "gamma": e["gamma"],
+                    "dilemmas": len(recs), "values": values, "no_neurons": [v for v in values if v not in targeted],
+                    "perplexity": ppl, "compilations": scorer.compilations(),
+                    "plain_summary": engine.plain_summary(summary)})
+    return summary
 
 
 def _meta(lm, cfg, timings) -> dict:
@@ -325,6 +278,18 @@ def _meta(lm, cfg, timings) -> dict:
             "timings_s": {k: round(v, 1) for k, v in timings.items()}}
 
 
+VERDICT_COLUMNS = ("value", "lang", "neurons", "dilemmas", "baseline_p", "targeted", "targeted_lo", "targeted_hi",
+                   "control_mean", "control_sd", "excess", "excess_lo", "excess_hi", "p_param", "p_rank", "p_holm",
+                   "verdict", "mde", "rate_targeted", "rate_controls")
+
+
+def verdict_frame(summary: dict):
+    import pandas as pd
+
+    cells = pd.DataFrame(summary.get("cells") or [])
+    return cells[[c for c in VERDICT_COLUMNS if c in cells.columns]] if len(cells) else cells
+
+
 def _report(rd: RunDir, cfg, summary, ident, num_layers) -> Path:
     import pandas as pd
 
@@ -332,7 +297,10 @@ def _report(rd: RunDir, cfg, summary, ident, num_layers) -> Path:
 
     hist = ident.get("layer_histogram", {})
     layer_counts = pd.DataFrame({v: h for v, h in hist.items()}, index=range(num_layers)).T if hist else None
-    shift = pd.DataFrame(summary.get("shift", []))
+    verdict = verdict_frame(summary)
+    shift = None
+    if len(verdict):
+        shift = verdict.assign(value=verdict["value"] + "/" + verdict["lang"])
     ppl = None
     if summary.get("perplexity"):
         ppl = pd.DataFrame([{"condition": c, "lang": lang, **d} for c, per in summary["perplexity"].items()
@@ -340,13 +308,21 @@ def _report(rd: RunDir, cfg, summary, ident, num_layers) -> Path:
     meta = dict(summary.get("meta", {}))
     meta["baseline"] = summary.get("baseline")
     meta["compilations"] = summary.get("compilations")
+    tables = {"Neurons per value": pd.DataFrame([{"value": v, "neurons": n} for v, n in ident["counts"].items()])}
+    if ident.get("stability"):
+        tables["Split-half stability (Jaccard of the sets found on two halves, by pair_id)"] = pd.DataFrame(
+            [{"value": v, "jaccard": j} for v, j in ident["stability"]["jaccard"].items()])
+    if summary.get("pooled"):
+        tables["Both languages pooled (cluster bootstrap over pair_id; not in the Holm family)"] = pd.DataFrame(
+            summary["pooled"])[[c for c in VERDICT_COLUMNS if c in summary["pooled"][0]]]
     data = {
         "title": f"jaxvalues: {cfg['name']} ({cfg['model']})",
+        "summary_text": summary.get("plain_summary", "") + " " + " ".join(summary.get("notes") or []),
+        "verdict": verdict,
         "meta": meta, "config": yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True),
         "layer_counts": layer_counts, "shift": shift,
         "overlap": (ident["overlap"]["values"], np.array(ident["overlap"]["jaccard"])) if ident.get("overlap") else None,
         "leakage": (summary["leakage"]["values"], np.array(summary["leakage"]["matrix"], float)),
-        "perplexity": ppl,
-        "tables": {"Neurons per value": pd.DataFrame([{"value": v, "neurons": n} for v, n in ident["counts"].items()])},
+        "perplexity": ppl, "tables": tables,
     }
     return write_report(rd.path, data)

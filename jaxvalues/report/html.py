@@ -2,11 +2,13 @@
 
 `write_report(out_dir, data)` takes plain data, so any stage can be reported alone:
   data["title"]         str
+  data["summary_text"]  str: the plain-language paragraph the report opens with
+  data["verdict"]       DataFrame: the per value × language verdict table
   data["meta"]          dict: model, hash, versions, timings ... (rendered as a table)
   data["config"]        str (YAML of the run)
   data["layer_counts"]  pandas DataFrame, index = value, columns = layer, cells = neuron counts
   data["overlap"]       (names, [V, V] Jaccard matrix)
-  data["shift"]         DataFrame: value, targeted, targeted_lo, targeted_hi, control_mean, control_sd, z, p
+  data["shift"]         DataFrame: value (label), targeted, targeted_lo, targeted_hi, control_mean, control_sd
   data["leakage"]       (names, [V, V] matrix: rows = intervened value, cols = evaluated value) or None
   data["perplexity"]    DataFrame (condition, lang, perplexity, ...) or None
   data["tables"]        {title: DataFrame} extra tables
@@ -79,6 +81,9 @@ def _layer_plot(df, out_dir):
     return _save(fig, out_dir, "layers")
 
 
+data_metric_label = "Δ log-odds(aligned)"
+
+
 def _shift_plot(df, out_dir):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.4))
@@ -92,7 +97,7 @@ def _shift_plot(df, out_dir):
                capsize=2, label="random neurons (mean ± sd)", color="#bbbbbb")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, df["value"], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("Δ P(aligned)")
+    ax.set_ylabel(data_metric_label)
     ax.set_title("Behaviour shift when the neurons are switched off (95% CI)")
     ax.legend(fontsize=8)
     return _save(fig, out_dir, "shift")
@@ -106,6 +111,10 @@ def write_report(out_dir: str | Path, data: dict) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>{html.escape(data.get('title', 'jaxvalues report'))}</h1>"]
+    if data.get("summary_text"):
+        parts += ["<h2>What was found</h2>", f"<p>{html.escape(data['summary_text'])}</p>"]
+    if data.get("verdict") is not None and len(data["verdict"]):
+        parts += ["<h2>Verdict per value and language</h2>", _table(data["verdict"])]
 
     def img(b64, alt):
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"/>'
@@ -122,7 +131,7 @@ def write_report(out_dir: str | Path, data: dict) -> Path:
     if data.get("leakage") is not None:
         names, mat = data["leakage"]
         parts += ["<h2>Leakage: intervening on one value (rows), shift on every value (columns)</h2>",
-                  img(_heatmap(names, mat, "Δ P(aligned)", out_dir, "leakage", cmap="RdBu_r", center=True), "leakage")]
+                  img(_heatmap(names, mat, "Δ log-odds(aligned)", out_dir, "leakage", cmap="RdBu_r", center=True), "leakage")]
     if data.get("perplexity") is not None and len(data["perplexity"]):
         parts += ["<h2>General-capability cost: perplexity of neutral text</h2>", _table(data["perplexity"])]
     for title, df in (data.get("tables") or {}).items():
