@@ -173,3 +173,26 @@ def test_generate_repetition_penalty_matches_transformers_generate(lm, tmp_path)
                            eos_token_id=None).numpy()[0, ids.shape[1]:]
     got = lm.generate(ids, 6, repetition_penalty=1.3, stop_at_eos=False, return_text=False)[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_cli_collect_persona(tmp_path, capsys):
+    from jaxvalues.cli import main
+    from jaxvalues.stats.checkpoint import load_stats
+    from jaxvalues.testing import tiny_hf_model, word_tokenizer
+
+    d = tmp_path / "m"
+    tiny_hf_model("llama", d)
+    word_tokenizer(["A", "B", ":", "."] + [f"w{i}" for i in range(140)]).save_pretrained(str(d))
+    out = tmp_path / "stats"
+    args = ["collect", "--model", str(d), "--dataset", "builtin", "--out", str(out), "--lang", "en",
+            "--scheme", "persona", "--max-records", "2", "--max-new-tokens", "2", "--json"]
+    assert main(args) == 0
+    info = json.loads(capsys.readouterr().out)
+    answers = tmp_path / "stats.answers.jsonl"  # default: beside the output directory
+    rows = [json.loads(x) for x in answers.read_text().splitlines()]
+    assert len(rows) == 4 and all(r["num_tokens"] <= 2 for r in rows)
+    st = load_stats(out)
+    assert int(st.tokens.sum()) == sum(r["num_tokens"] for r in rows) == sum(info["tokens"].values())
+    assert st.meta["persona"]["generated"] == 4
+    assert main(args) == 0  # rerun: every answer reused
+    assert json.loads(capsys.readouterr().out)["meta"]["persona"]["reused"] == 4
