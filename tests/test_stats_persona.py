@@ -196,3 +196,23 @@ def test_cli_collect_persona(tmp_path, capsys):
     assert st.meta["persona"]["generated"] == 4
     assert main(args) == 0  # rerun: every answer reused
     assert json.loads(capsys.readouterr().out)["meta"]["persona"]["reused"] == 4
+
+
+def test_persona_eos_ends_the_answer(lm, tmp_path, monkeypatch):
+    """Make a token the model generates act as EOS: the answers stop before it and the counts follow."""
+    recs = _records()[:1]
+    P.collect_persona(lm, recs, max_new_tokens=4, answers_path=tmp_path / "a.jsonl", repetition_penalty=1.0)
+    rows = list(P.load_answers(tmp_path / "a.jsonl").values())
+    row = max(rows, key=lambda r: r["num_tokens"])
+    assert row["num_tokens"] >= 2
+    stop = row["answer_ids"][1]
+    monkeypatch.setattr(type(lm), "eos_ids", property(lambda self: (stop,)))
+    st = P.collect_persona(lm, recs, max_new_tokens=4, answers_path=tmp_path / "b.jsonl", repetition_penalty=1.0)
+    cut = {k: r for k, r in P.load_answers(tmp_path / "b.jsonl").items()}
+    for key, r in P.load_answers(tmp_path / "a.jsonl").items():
+        ids = r["answer_ids"]
+        want = ids[:ids.index(stop)] if stop in ids else ids
+        assert cut[key]["answer_ids"] == want
+    assert cut[(row["record_id"], row["condition"])]["num_tokens"] == 1
+    for name in st.conditions:
+        assert int(st.tokens[st.index(name)]) == sum(r["num_tokens"] for r in cut.values() if r["condition"] == name)
