@@ -3,7 +3,9 @@
 Columns (one row per value × neuron): value (str: a value id, or a condition such as
 "integrity-support"), layer (int), neuron (int), score (float64: method-specific, higher = stronger
 evidence; vape: −entropy, contrast: the contrast statistic, attribution: the mean attribution,
-mask: 1 − gate), method (str), rank (int: 0 = best within (value, method)).
+mask: 1 − gate), method (str), rank (int: 0 = best within (value, method)), kind (str or None:
+the authors' neuron kind, "decision" / "semantic", set by `stance_neurons`; None elsewhere and for
+files written before the column existed, which load unchanged).
 Saved as Parquet; the file's key-value metadata holds `num_layers`, `num_neurons` and `info` (JSON).
 A neuron may belong to several values. Set operations compare (layer, neuron) pairs.
 """
@@ -19,9 +21,48 @@ import pandas as pd
 
 from jaxvalues.errors import ConfigError, JaxValuesError
 
-COLUMNS = ("value", "layer", "neuron", "score", "method", "rank")
+COLUMNS = ("value", "layer", "neuron", "score", "method", "rank", "kind")
+REQUIRED = COLUMNS[:6]  # "kind" is optional (missing -> None)
 _DTYPES = {"value": "string", "layer": "int32", "neuron": "int32", "score": "float64", "method": "string",
-           "rank": "int32"}
+           "rank": "int32", "kind": "string"}
+KINDS = ("decision", "semantic")
+
+# The authors' 32-layer Llama: decision masks on layers i <= 4 and i >= 27, semantic on 4 < i < 27.
+_AUTHORS_LAYERS, _AUTHORS_LOW, _AUTHORS_HIGH = 32, 4, 27
+
+
+def _round_half_up(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def authors_layer_split(num_layers: int) -> dict:
+    """Where the authors apply each kind, for a model of `num_layers` layers.
+
+    low = round(4/31 · (L−1)), high = round(27/31 · (L−1)) (round half up; for L = 32 exactly
+    the authors' 4 and 27): decision layers i <= low or i >= high, semantic layers low < i < high.
+    Returns {"num_layers", "low", "high", "decision": [...], "semantic": [...], "rule", "scaled"}."""
+    L = int(num_layers)
+    if L < 1:
+        raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+    span = _AUTHORS_LAYERS - 1
+    low = _round_half_up(_AUTHORS_LOW / span * (L - 1))
+    high = _round_half_up(_AUTHORS_HIGH / span * (L - 1))
+    return {"num_layers": L, "low": low, "high": high,
+            "decision": [i for i in range(L) if i <= low or i >= high],
+            "semantic": [i for i in range(L) if low < i < high],
+            "rule": "decision: i <= low or i >= high; semantic: low < i < high; "
+                    "low = round(4/31*(L-1)), high = round(27/31*(L-1)) (half up); authors' L=32: 4, 27",
+            "scaled": L != _AUTHORS_LAYERS}
+
+
+def authors_layers(num_layers: int, kind: str) -> list[int]:
+    """The layers where the authors apply `kind` ("decision" | "semantic" | "combined" = all)
+    neurons (see `authors_layer_split` for the rule and its scaling to other depths)."""
+    if kind == "combined":
+        return list(range(int(num_layers)))
+    if kind not in KINDS:
+        raise ConfigError(f"unknown neuron kind {kind!r}; expected one of {', '.join(KINDS)} or 'combined'")
+    return authors_layer_split(num_layers)[kind]
 
 
 def jaccard(a: set, b: set) -> float:
@@ -35,9 +76,11 @@ class NeuronSet:
     def __init__(self, table: pd.DataFrame | None = None, *, num_layers: int | None = None,
                  num_neurons: int | None = None, info: dict | None = None):
         t = pd.DataFrame(columns=list(COLUMNS)) if table is None else table
-        missing = [c for c in COLUMNS if c not in t.columns]
+        missing = [c for c in REQUIRED if c not in t.columns]
         if missing:
             raise JaxValuesError(f"NeuronSet table lacks column(s) {missing}; expected {list(COLUMNS)}")
+        if "kind" not in t.columns:
+            t = t.assign(kind=None)
         self.table = t[list(COLUMNS)].astype(_DTYPES).reset_index(drop=True)
         self.num_layers, self.num_neurons = num_layers, num_neurons
         self.info = dict(info or {})
@@ -45,7 +88,7 @@ class NeuronSet:
     # --- construction -----------------------------------------------------------------------
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping], **kw) -> "NeuronSet":
-        return cls(pd.DataFrame(list(rows), columns=list(COLUMNS)), **kw)
+        return cls(pd.DataFrame(list(rows), columns=list(COLUMNS)), **kw)  # rows without "kind": None
 
     @classmethod
     def from_scores(cls, value: str, scores: np.ndarray, method: str, *, top_k: int | None = None,
@@ -106,8 +149,14 @@ class NeuronSet:
     def counts(self) -> dict[str, int]:
         return {v: int((self.table["value"] == v).sum()) for v in self.values}
 
+    @property
+    def kinds(self) -> list[str]:
+        """The neuron kinds present (None rows excluded)."""
+        return [k for k in dict.fromkeys(self.table["kind"].dropna().tolist())]
+
     def filter(self, value: str | Sequence[str] | None = None, method: str | None = None,
-               layers: Iterable[int] | None = None, top: int | None = None) -> "NeuronSet":
+               layers: Iterable[int] | None = None, top: int | None = None,
+               kind: str | None = None) -> "NeuronSet":
         t = self.table
         if value is not None:
             vals = [value] if isinstance(value, str) else list(value)
@@ -121,23 +170,32 @@ class NeuronSet:
             t = t[t["layer"].isin(list(layers))]
         if top is not None:
             t = t[t["rank"] < top]
+        if kind is not None:
+            if kind not in KINDS:
+                raise ConfigError(f"unknown neuron kind {kind!r}; expected one of {', '.join(KINDS)}")
+            t = t[(t["kind"] == kind).fillna(False).astype(bool)]
         return NeuronSet(t, num_layers=self.num_layers, num_neurons=self.num_neurons, info=self.info)
 
     def pairs(self, value: str | None = None) -> set[tuple[int, int]]:
         t = self.table if value is None else self.table[self.table["value"] == value]
         return set(zip(t["layer"].astype(int), t["neuron"].astype(int)))
 
-    def neurons(self, value: str | Sequence[str] | None = None) -> dict[int, list[int]]:
-        """{layer: sorted neuron ids} (union over the chosen values)."""
-        t = self.filter(value).table if value is not None else self.table
+    def neurons(self, value: str | Sequence[str] | None = None, kind: str | None = None) -> dict[int, list[int]]:
+        """{layer: sorted neuron ids} (union over the chosen values; kind: only that kind's rows,
+        default all rows, every kind merged)."""
+        t = self.filter(value, kind=kind).table if (value is not None or kind is not None) else self.table
         out: dict[int, set] = {}
         for layer, n in zip(t["layer"].astype(int), t["neuron"].astype(int)):
             out.setdefault(layer, set()).add(n)
         return {layer: sorted(ns) for layer, ns in sorted(out.items())}
 
-    def to_dict(self) -> dict[str, dict[int, list[int]]]:
-        """{value: {layer: sorted neuron ids}} (the JSON neuron-map form other tools read)."""
-        return {v: self.neurons(v) for v in self.values}
+    def to_dict(self, kind: str | None = None, by_kind: bool = False) -> dict:
+        """{value: {layer: sorted neuron ids}} (the JSON neuron-map form other tools read).
+        kind: only that kind's neurons (default: all kinds merged). by_kind=True:
+        {value: {kind: {layer: ids}}} over the kinds present (rows without a kind are left out)."""
+        if by_kind:
+            return {v: {k: self.neurons(v, kind=k) for k in self.kinds} for v in self.values}
+        return {v: self.neurons(v, kind=kind) for v in self.values}
 
     # --- interventions ----------------------------------------------------------------------
     def to_intervention(self, value: str | Sequence[str] | None = None, mode: str = "zero", gamma: float = 0.0,
@@ -209,6 +267,23 @@ class NeuronSet:
         meta = json.loads(raw) if raw else {}
         return cls(table.to_pandas(), num_layers=meta.get("num_layers"), num_neurons=meta.get("num_neurons"),
                    info=meta.get("info"))
+
+
+def combined_neurons(ns: NeuronSet, value: str | Sequence[str], num_layers: int | None = None) -> dict[int, list[int]]:
+    """The authors' "combined" mask of `value` (a value of the set's value column, e.g.
+    "integrity-support"): decision neurons on the decision layers ∪ semantic neurons on the
+    semantic layers (`authors_layers`; num_layers defaults to the set's)."""
+    L = num_layers or ns.num_layers
+    if L is None:
+        raise ConfigError("combined_neurons needs num_layers (this neuron set does not record it)")
+    split = authors_layer_split(L)
+    out: dict[int, set] = {}
+    for kind in KINDS:
+        keep = set(split[kind])
+        for layer, ids in ns.neurons(value, kind=kind).items():
+            if layer in keep:
+                out.setdefault(layer, set()).update(ids)
+    return {layer: sorted(ids) for layer, ids in sorted(out.items())}
 
 
 def stability(a: NeuronSet, b: NeuronSet, values: Sequence[str] | None = None) -> dict[str, float]:

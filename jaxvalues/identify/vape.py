@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from jaxvalues.errors import ConfigError, JaxValuesError
 from jaxvalues.identify.neuronset import NeuronSet
@@ -162,7 +163,10 @@ def stance_values(stats) -> list[str]:
 def stance_neurons(stats, values: Sequence[str] | None = None, kinds: Sequence[str] = ("decision", "semantic"),
                    **overrides) -> tuple[NeuronSet, dict]:
     """Neuron sets of every value × kind (value column "{value}-support"/"-conflict", method
-    "vape-{kind}") and a report {value: {kind: LapeResult.report()}}."""
+    "vape-{kind}", kind column the kind) and a report {value: {kind: LapeResult.report()}}.
+    info["layers"] records where the authors apply each kind (`authors_layer_split`)."""
+    from jaxvalues.identify.neuronset import authors_layer_split
+
     values = list(values or stance_values(stats))
     if not values:
         raise JaxValuesError("the statistics have no '{value}-support' / '{value}-conflict' conditions; "
@@ -171,6 +175,9 @@ def stance_neurons(stats, values: Sequence[str] | None = None, kinds: Sequence[s
     for v in values:
         for kind in kinds:
             res = stance_select(stats, v, kind, **overrides)
-            sets.append(res.to_neuronset(f"vape-{kind}"))
+            ns = res.to_neuronset(f"vape-{kind}")
+            ns.table["kind"] = pd.array([kind] * len(ns), dtype="string")
+            sets.append(ns)
             report.setdefault(v, {})[kind] = res.report()
-    return NeuronSet.concat(sets, info={"method": "vape-stance", "kinds": list(kinds)}), report
+    return NeuronSet.concat(sets, info={"method": "vape-stance", "kinds": list(kinds),
+                                        "layers": authors_layer_split(stats.num_layers)}), report

@@ -49,16 +49,32 @@ def _choose(logits, key, do_sample, temperature, top_k, top_p):
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _penalize(logits, present, penalty):
+    """transformers' RepetitionPenaltyLogitsProcessor: the logit of every token already present
+    in the sequence is divided by `penalty` when positive and multiplied by it when negative."""
+    pen = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(present, pen, logits)
+
+
+def _mark(present, tok):
+    return present.at[jnp.arange(tok.shape[0]), tok].set(True)
+
+
 def _programs(lm):
     if "prefill" not in lm._gen_cache:
         lm._gen_cache["prefill"] = jax.jit(partial(_prefill, lm.graphdef))
         lm._gen_cache["step"] = jax.jit(partial(_step, lm.graphdef), donate_argnums=(7,))
         lm._gen_cache["choose"] = jax.jit(_choose, static_argnames=("do_sample", "top_k", "top_p"))
+        lm._gen_cache["penalize"] = jax.jit(_penalize)
+        lm._gen_cache["mark"] = jax.jit(_mark)
     return lm._gen_cache["prefill"], lm._gen_cache["step"], lm._gen_cache["choose"]
 
 
 def generate_ids(lm, ids, mask, max_new_tokens, mult, add, *, do_sample=False, temperature=1.0, top_k=0,
-                 top_p=1.0, seed=0, stop_at_eos=True) -> np.ndarray:
+                 top_p=1.0, seed=0, stop_at_eos=True, repetition_penalty: float = 1.0) -> np.ndarray:
+    """New ids [B, max_new_tokens] (pad_id after EOS). repetition_penalty != 1 applies
+    `_penalize` before each choice; "present" = the prompt's real tokens (padding excluded, where
+    transformers also penalizes the pad id of left-padded rows) and the tokens generated so far."""
     cfg = lm.config
     ids = np.asarray(ids, np.int32)
     mask = np.asarray(mask, np.int32)
@@ -71,6 +87,13 @@ def generate_ids(lm, ids, mask, max_new_tokens, mult, add, *, do_sample=False, t
     mask_buf[:, :p] = mask
     prefill, step, choose = _programs(lm)
     mult, add = jnp.asarray(mult), jnp.asarray(add)
+    penalize = repetition_penalty != 1.0
+    if penalize:
+        present = np.zeros((b, cfg.vocab_size), bool)
+        rows, cols = np.nonzero(mask)
+        present[rows, ids[rows, cols]] = True
+        present = jnp.asarray(present)
+        pen = jnp.float32(repetition_penalty)
     logits, cache, pos = prefill(lm.state, jnp.asarray(ids), jnp.asarray(mask_buf), mult, add, cache)
     key = jax.random.PRNGKey(seed)
     eos = np.array(lm.eos_ids or (-1,), np.int32)
@@ -79,9 +102,13 @@ def generate_ids(lm, ids, mask, max_new_tokens, mult, add, *, do_sample=False, t
     done = np.zeros(b, bool)
     for i in range(max_new_tokens):
         key, sub = jax.random.split(key)
+        if penalize:
+            logits = lm._gen_cache["penalize"](logits, present, pen)
         tok = np.asarray(choose(logits, sub, do_sample, temperature, int(top_k), float(top_p)))
         tok = np.where(done, pad, tok)
         out[:, i] = tok
+        if penalize:
+            present = lm._gen_cache["mark"](present, jnp.asarray(tok))
         if stop_at_eos:
             done |= np.isin(tok, eos)
             if done.all():

@@ -111,12 +111,13 @@ class LanguageModel:
 
     def generate(self, prompts_or_ids, max_new_tokens: int = 32, intervention=None, *, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 attention_mask=None, return_text: bool | None = None, stop_at_eos: bool = True):
+                 attention_mask=None, return_text: bool | None = None, stop_at_eos: bool = True, repetition_penalty: float = 1.0):
         """Greedy or sampled decoding with a KV cache; the intervention applies at every step.
 
         prompts_or_ids: list of strings (tokenized, left-padded) or ids [B, P] (left-padded, with
         attention_mask). Returns list[str] of the new text for string prompts, else new ids [B, T]
-        (padded with pad_id after EOS)."""
+        (padded with pad_id after EOS). repetition_penalty: transformers' repetition penalty
+        (1.0 = off) over the prompt's real tokens and the generated ones."""
         from jaxvalues.models.generate import generate_ids
 
         if isinstance(prompts_or_ids, str):
@@ -131,7 +132,8 @@ class LanguageModel:
             mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
         mult, add = self.intervention_arrays(intervention)
         new = generate_ids(self, ids, mask, max_new_tokens, mult, add, do_sample=do_sample, temperature=temperature,
-                           top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
+                           top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
+                           repetition_penalty=float(repetition_penalty))
         if return_text is None:
             return_text = bool(texts)
         if not return_text:

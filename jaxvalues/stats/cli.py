@@ -1,11 +1,14 @@
 """`jaxvalues collect`: stream an activation dataset through a model into a statistics directory.
 
-    jaxvalues collect --model M --dataset D --out DIR [--scheme values|stance]
+    jaxvalues collect --model M --dataset D --out DIR [--scheme values|stance|persona]
         [--token-selection all|rationale|last_k] [--k K] [--batch-size B] [--max-records R]
         [--lang zh|en] [--values v1,v2] [--dtype float32|bfloat16] [--json]
 
 DIR is written with `save_stats` (orbax state + summary.json + summary.parquet). `--json` prints
 the summary (tokens per condition, compilations, padding) on stdout and no progress bar.
+--scheme persona: the authors' scheme (`jaxvalues.stats.persona`): the model answers the persona
+prompt per record and stance, neurons counted over its answers (--max-new-tokens, default 500);
+answers saved to --answers (default DIR.answers.jsonl beside DIR), reused on a rerun.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="HF directory, .gguf, packaged name or hub id")
     p.add_argument("--dataset", required=True, nargs="+", help="activation records: file(s) or 'builtin'")
     p.add_argument("--out", required=True, help="output statistics directory")
-    p.add_argument("--scheme", choices=("values", "stance"), default="values",
-                   help="conditions: the 12 values, or value-support / value-conflict (24)")
+    p.add_argument("--scheme", choices=("values", "stance", "persona"), default="values",
+                   help="conditions: the 12 values, or value-support / value-conflict (24; persona: over the "
+                        "model's own answers)")
+    p.add_argument("--max-new-tokens", type=int, default=500, help="persona: answer length limit")
+    p.add_argument("--answers", help="persona: answers JSONL (default: DIR.answers.jsonl beside --out)")
     p.add_argument("--token-selection", choices=("all", "rationale", "last_k"), default="all")
     p.add_argument("--k", type=int, default=16, help="tokens counted per example with last_k")
     p.add_argument("--batch-size", type=int, default=8)
@@ -49,9 +55,24 @@ def cmd_collect(args: argparse.Namespace) -> int:
     records = interleave_by_value(records, args.max_records)
     lm = jv.load_model(args.model, dtype=args.dtype)
     chat = {"auto": None, "yes": True, "no": False}[args.chat]
+    if args.scheme == "persona":
+        return _cmd_persona(lm, records, args, chat)
     stats = collect_records(lm, records, scheme=args.scheme, token_selection=args.token_selection, k=args.k,
                             batch_size=args.batch_size, max_tokens=args.max_tokens, chat=chat,
                             progress=not args.json)
+    stats.meta.update({"model": args.model, "dataset": list(args.dataset), "lang": args.lang})
+    return save_and_report(stats, args)
+
+
+def _cmd_persona(lm, records, args, chat) -> int:
+    from pathlib import Path
+
+    from jaxvalues.stats.persona import collect_persona
+
+    out = Path(args.out).expanduser()
+    answers = args.answers or str(out.parent / f"{out.name}.answers.jsonl")
+    stats = collect_persona(lm, records, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            answers_path=answers, chat=chat, progress=not args.json, max_tokens=args.max_tokens)
     stats.meta.update({"model": args.model, "dataset": list(args.dataset), "lang": args.lang})
     return save_and_report(stats, args)
 
