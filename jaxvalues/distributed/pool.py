@@ -34,12 +34,24 @@ from jaxvalues.errors import JaxValuesError
 class WorkerFailure(JaxValuesError):
     """A call (shard, sweep condition) failed for good; `.key` names it, `.remote_traceback` says where."""
 
-    def __init__(self, key, message: str, remote_traceback: str = ""):
-        self.key, self.remote_traceback = key, remote_traceback
+    def __init__(self, key, message: str, remote_traceback: str = "", user_error: bool = False):
+        # user_error: the call raised a ConfigError (a setting the user can fix): the message is one
+        # line; the traceback is kept in .remote_traceback (failures.json) but not shown
+        self.key, self.remote_traceback, self.user_error = key, remote_traceback, bool(user_error)
         text = f"{_name(key)} failed: {message}"
-        if remote_traceback:
+        if remote_traceback and not user_error:
             text += "\n--- remote traceback ---\n" + remote_traceback.rstrip()
         super().__init__(text)
+
+
+def _is_user_error(e) -> bool:
+    from jaxvalues.errors import ConfigError
+
+    return isinstance(e, ConfigError)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _name(key) -> str:
@@ -72,7 +84,9 @@ class LocalPool:
             try:
                 value = getattr(self.worker, method)(*args)
             except Exception as e:  # noqa: BLE001 - reported with its traceback, like the Ray path
-                on_error(key, WorkerFailure(key, f"{type(e).__name__}: {e}", traceback.format_exc()))
+                user = _is_user_error(e)
+                on_error(key, WorkerFailure(key, f"{type(e).__name__}: {_one_line(e) if user else e}",
+                                            traceback.format_exc(), user_error=user))
                 continue
             on_result(key, value)
 
@@ -219,8 +233,10 @@ class RayPool:
                 value = ray.get(refs)[0]
             except RayTaskError as e:  # the call itself raised: deterministic, report it
                 cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
-                msg = f"{type(cause).__name__}: {cause}" if cause is not None else str(e).splitlines()[0]
-                on_error(key, WorkerFailure(key, msg, _remote_traceback(e)))
+                user = _is_user_error(cause)
+                msg = (f"{type(cause).__name__}: {_one_line(cause) if user else cause}" if cause is not None
+                       else str(e).splitlines()[0])
+                on_error(key, WorkerFailure(key, msg, _remote_traceback(e), user_error=user))
             except (ActorUnavailableError, RayActorError, RayError) as e:  # the worker, not the call, failed
                 if isinstance(e, ActorUnavailableError):
                     time.sleep(1.0)  # restarting: give it a moment
