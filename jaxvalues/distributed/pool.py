@@ -107,7 +107,8 @@ class RayPool:
     """`size` Ray actors, each a `ModelWorker(source)` with `resources` (needs a connected Ray)."""
 
     def __init__(self, source: str, size: int, resources: WorkerResources | None = None, dtype: str = "float32",
-                 max_in_flight: int = 2, resubmits: int = 2, start_timeout_s: float = 900.0):
+                 max_in_flight: int = 2, resubmits: int = 2, start_timeout_s: float = 900.0,
+                 restart_timeout_s: float = 300.0, poll_s: float = 2.0):
         from jaxvalues.distributed.cluster import import_ray
 
         ray = import_ray()
@@ -127,6 +128,9 @@ class RayPool:
                        for _ in range(self.size)]
         self.dead: set[int] = set()
         self.start_timeout_s, self._ready = start_timeout_s, False
+        # a worker that is not ALIVE for this long while it holds calls (its node is gone and Ray
+        # cannot place it again, e.g. no free resources) is given up: its calls go to the others
+        self.restart_timeout_s, self.poll_s = float(restart_timeout_s), float(poll_s)
 
     # -------------------------------------------------------------------------------- helpers
     def _probe(self) -> list:
@@ -223,9 +227,43 @@ class RayPool:
                 inflight[ref] = (i, key, args, attempts, refs)
                 load[i] += 1
 
+        down_since: dict[int, float] = {}
+
+        def give_up_stalled():
+            """Workers not ALIVE for restart_timeout_s: killed for good, their calls resubmitted."""
+            nonlocal last_death
+            now = time.monotonic()
+            for j in [j for j in use if j not in self.dead and load[j] > 0]:
+                if self._state(j) in ("ALIVE", None):
+                    down_since.pop(j, None)
+                    continue
+                if now - down_since.setdefault(j, now) < self.restart_timeout_s:
+                    continue
+                self.dead.add(j)
+                last_death = (f"worker {j} was not alive for {self.restart_timeout_s:g} s (its node was lost and "
+                              f"it could not be placed again)")
+                try:
+                    ray.kill(self.actors[j], no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                for r in [r for r, v in inflight.items() if v[0] == j]:
+                    _, key, args, attempts, _refs = inflight.pop(r)
+                    if attempts >= self.resubmits:
+                        on_error(key, WorkerFailure(key, f"its worker failed {attempts + 1} times (node lost)",
+                                                    last_death))
+                    else:
+                        todo.appendleft((key, args, attempts + 1))
+                load[j] = 0
+
         submit()
         while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+            if not ready:
+                give_up_stalled()
+                if todo and all(j in self.dead for j in use):
+                    raise WorkerFailure(f"all {len(use)} worker(s) of {self.source}", "died", last_death)
+                submit()
+                continue
             ref = ready[0]
             i, key, args, attempts, refs = inflight.pop(ref)
             load[i] -= 1
@@ -254,6 +292,15 @@ class RayPool:
                 raise WorkerFailure(f"all {len(use)} worker(s) of {self.source}",
                                     "died (could the model not be loaded?)", last_death)
             submit()
+
+    def _state(self, i: int) -> str | None:
+        """Ray's state of worker i's actor (ALIVE, RESTARTING, DEAD, ...); None when unknown."""
+        try:
+            from ray._private.state import actors
+
+            return actors(actor_id=self.actors[i]._actor_id.hex()).get("State")
+        except Exception:  # noqa: BLE001 - a monitoring failure must not kill a worker
+            return None
 
     def _submit(self, i: int, method: str, args: tuple):
         """Start a call on worker i -> (the ref whose value is the result, all refs of the call)."""
