@@ -106,6 +106,8 @@ class LocalPool:
 class RayPool:
     """`size` Ray actors, each a `ModelWorker(source)` with `resources` (needs a connected Ray)."""
 
+    restart_timeout_s, poll_s = 300.0, 2.0  # class defaults (subclasses that skip __init__: SlicePool)
+
     def __init__(self, source: str, size: int, resources: WorkerResources | None = None, dtype: str = "float32",
                  max_in_flight: int = 2, resubmits: int = 2, start_timeout_s: float = 900.0,
                  restart_timeout_s: float = 300.0, poll_s: float = 2.0):
