@@ -218,9 +218,14 @@ class RayPool:
         load = {i: 0 for i in use}
         last_death = ""
 
+        down_since: dict[int, float] = {}  # worker -> when it was first seen unavailable
+
         def submit():
             while todo:
                 free = [i for i in use if i not in self.dead and load[i] < self.max_in_flight]
+                healthy = [i for i in use if i not in self.dead and i not in down_since]
+                if healthy:  # an unavailable (restarting, node lost) worker gets no new calls
+                    free = [i for i in free if i not in down_since]
                 if not free:
                     return
                 i = min(free, key=lambda j: (load[j], j))
@@ -229,13 +234,11 @@ class RayPool:
                 inflight[ref] = (i, key, args, attempts, refs)
                 load[i] += 1
 
-        down_since: dict[int, float] = {}
-
         def give_up_stalled():
             """Workers not ALIVE for restart_timeout_s: killed for good, their calls resubmitted."""
             nonlocal last_death
             now = time.monotonic()
-            for j in [j for j in use if j not in self.dead and load[j] > 0]:
+            for j in [j for j in use if j not in self.dead and (load[j] > 0 or j in down_since)]:
                 if self._state(j) in ("ALIVE", None):
                     down_since.pop(j, None)
                     continue
@@ -257,8 +260,19 @@ class RayPool:
                         todo.appendleft((key, args, attempts + 1))
                 load[j] = 0
 
+        checked = [time.monotonic()]
+
+        def refresh_down():
+            """Workers seen unavailable that are ALIVE again (restarted) take calls again."""
+            if down_since and time.monotonic() - checked[0] >= self.poll_s:
+                checked[0] = time.monotonic()
+                for j in list(down_since):
+                    if self._state(j) in ("ALIVE", None):
+                        down_since.pop(j, None)
+
         submit()
         while inflight:
+            refresh_down()
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
             if not ready:
                 give_up_stalled()
@@ -279,7 +293,8 @@ class RayPool:
                 on_error(key, WorkerFailure(key, msg, _remote_traceback(e), user_error=user))
             except (ActorUnavailableError, RayActorError, RayError) as e:  # the worker, not the call, failed
                 if isinstance(e, ActorUnavailableError):
-                    time.sleep(1.0)  # restarting: give it a moment
+                    down_since.setdefault(i, time.monotonic())  # restarting: no new calls until ALIVE
+                    time.sleep(1.0)
                 elif isinstance(e, RayActorError):
                     self.dead.add(i)  # gone for good: restarts used up, or its __init__ failed
                 last_death = _remote_traceback(e)
