@@ -209,3 +209,135 @@ def test_cli_sweep_dry_run_and_resume(ws, tmp_path, capsys):
 def test_example_sweep_spec_loads():
     spec = load_spec(Path(__file__).parents[1] / "configs" / "sweeps" / "example.yaml")
     assert spec.conditions() and spec.resources()
+
+
+# ------------------------------------------------------------------------------ hardening
+
+
+def _with(raw: dict, dotted: str, value) -> dict:
+    raw = json.loads(json.dumps(raw))
+    *path, last = dotted.split(".")
+    d = raw
+    for k in path:
+        d = d.setdefault(k, {})
+    d[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("statistics.batch_size", 0, "statistics.batch_size: expected a positive integer, got 0"),
+    ("evaluation.batch_size", -4, "evaluation.batch_size: expected a positive integer, got -4"),
+    ("statistics.k", 0, "statistics.k: expected a positive integer"),
+    ("statistics.shard_size", 0, "statistics.shard_size: expected a positive integer"),
+    ("statistics.max_tokens", -1, "statistics.max_tokens: expected a positive integer"),
+    ("statistics.batch_size", True, "statistics.batch_size: expected a positive integer, got True"),
+    ("statistics.batch_size", 2.5, "statistics.batch_size: expected a positive integer"),
+    ("statistics.buckets", [64, 0], "statistics.buckets: expected a positive integer, got 0"),
+    ("statistics.token_selection", "some", "statistics.token_selection"),
+    ("data.max_evaluation_records", 0, "data.max_evaluation_records: expected null or a positive integer"),
+    ("data.activation_lang", "fr", "data.activation_lang"),
+    ("data.activation", "/no/such/act.jsonl", "data.activation: no such file"),
+    ("selection.filter_rate", 7, r"selection.filter_rate: expected a number in \(0, 1\), got 7"),
+    ("selection.activation_bar_ratio", 0, "selection.activation_bar_ratio"),
+    ("selection.contrast_metric", "median", "selection.contrast_metric"),
+    ("evaluation.gamma", "x", "evaluation.gamma: expected a finite number, got 'x'"),
+    ("evaluation.gain", float("nan"), "evaluation.gain: expected a finite number"),
+    ("evaluation.seq_multiple", 0, "evaluation.seq_multiple"),
+    ("dtype", "float64", r"dtype: expected one of \['float32', 'bfloat16'\], got 'float64'"),
+    ("models", ["/no/such/model"], r"models\[0\]: '/no/such/model' is not an existing path"),
+    ("models", ["./rel/missing"], r"models\[0\]"),
+    ("models", ["not a/hub id/x"], r"models\[0\]"),
+])
+def test_spec_validate_checks_every_field_in_one_line(ws, field, value, match):
+    raw = _with(tiny_spec(ws), field, value)
+    with pytest.raises(ConfigError, match=match) as e:
+        SweepSpec.from_dict(raw, "spec.yaml")
+    assert str(e.value).startswith("spec.yaml: ") and "\n" not in str(e.value)
+
+
+def test_spec_accepts_packaged_names_hub_ids_and_paths(ws):
+    for m in ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", ws["model"]):
+        SweepSpec.from_dict(_with(tiny_spec(ws), "models", [m]))
+    SweepSpec.from_dict(_with(tiny_spec(ws), "dtype", "bfloat16"))
+
+
+def test_cli_dry_run_refuses_bad_settings_with_one_line(ws, tmp_path, capsys):
+    from jaxvalues.cli import main
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_with(tiny_spec(ws), "statistics.batch_size", 0)))
+    assert main(["sweep", "--spec", str(spec_file), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "statistics.batch_size: expected a positive integer, got 0" in err
+    assert "Traceback" not in err
+    # relative paths in a spec are relative to the spec file (resolved before validation)
+    rel = tiny_spec(ws)
+    rel["data"]["activation"] = "act.jsonl"
+    (tmp_path / "act.jsonl").write_text(Path(ws["activation"]).read_text())
+    spec_file.write_text(yaml.safe_dump(rel))
+    assert main(["sweep", "--spec", str(spec_file), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    (tmp_path / "file").write_text("x")
+    assert main(["sweep", "--spec", str(spec_file), "--out", str(tmp_path / "file"), "--dry-run"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_remote_config_error_is_one_line_with_traceback_kept(ws, tmp_path, monkeypatch):
+    from jaxvalues.distributed import evaluate
+
+    def bad_select(*a, **k):
+        raise ConfigError("selection.contrast_metric: unknown metric 'x'")
+
+    monkeypatch.setattr(evaluate, "select", bad_select)
+    raw = tiny_spec(ws, values=["integrity"], methods=["vape"], modes=["zero"], seeds=[0])
+    with pytest.raises(SweepFailed) as e:
+        run_sweep(SweepSpec.from_dict(raw, "spec.yaml"), tmp_path / "out")
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    assert msg.startswith("spec.yaml: ") and "value=integrity" in msg and "selection.contrast_metric" in msg
+    fails = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert fails[0]["user_error"] and "Traceback" in fails[0]["remote_traceback"]
+
+
+def test_damaged_part_is_reported_and_recomputed(ws, tmp_path, capsys):
+    raw = tiny_spec(ws, values=["integrity"], methods=["vape"], modes=["zero", "mean"], seeds=[0])
+    spec = SweepSpec.from_dict(raw)
+    out = tmp_path / "out"
+    ref = run_sweep(spec, out)
+    table = ref.table()
+    victim = spec.conditions()[1]
+    part = out / "parts" / f"{victim.id}.parquet"
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk or a copy cut short
+    capsys.readouterr()
+    again = run_sweep(spec, out)
+    err = capsys.readouterr().err
+    assert again.computed == [victim.id] and again.skipped == [spec.conditions()[0].id]
+    lines = [ln for ln in err.splitlines() if "damaged" in ln]
+    assert len(lines) == 1 and victim.id in lines[0] and "computed again" in lines[0]
+    pd.testing.assert_frame_equal(again.table(), table, check_exact=True)
+    assert (out / "parts" / f"{victim.id}.parquet.damaged").is_file()
+
+
+def test_out_of_another_spec_is_refused_unless_replace(ws, tmp_path, capsys):
+    from jaxvalues.cli import main
+
+    one = tiny_spec(ws, values=["integrity"], methods=["vape"], modes=["zero"], seeds=[0])
+    other = _with(one, "evaluation.gamma", 3.0)
+    out = tmp_path / "out"
+    run_sweep(SweepSpec.from_dict(one), out)
+    before = pd.read_parquet(out / "results.parquet")
+    with pytest.raises(ConfigError, match="holds the results of another sweep spec.*evaluation.*--replace"):
+        run_sweep(SweepSpec.from_dict(other), out)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), before)
+    # workers do not change results: the same directory is still this spec's
+    assert run_sweep(SweepSpec.from_dict(_with(one, "workers.count", 3)), out).skipped
+    spec_file = tmp_path / "other.yaml"
+    spec_file.write_text(yaml.safe_dump(other))
+    for extra in (["--dry-run"], []):
+        assert main(["sweep", "--spec", str(spec_file), "--out", str(out), "--json", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "another sweep spec" in err and "\n" not in err
+    assert main(["sweep", "--spec", str(spec_file), "--out", str(out), "--json", "--replace"]) == 0
+    assert json.loads(capsys.readouterr().out)["computed"] == 1
+    assert main(["sweep", "--spec", str(spec_file), "--out", str(out), "--json"]) == 0  # now its own
+    assert json.loads(capsys.readouterr().out)["skipped"] == 1

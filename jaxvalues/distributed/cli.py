@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
     _ray_args(p)
     p.add_argument("--dry-run", action="store_true", help="list the conditions and what is finished; run nothing")
+    p.add_argument("--replace", action="store_true", help="run in an --out that holds another spec's sweep (its "
+                   "tables are rebuilt for this spec; finished conditions with the same id are kept)")
     p.add_argument("--flush-seconds", type=float, default=30.0, help="rebuild results.parquet at most this often")
     p.add_argument("--json", action="store_true", help="print a JSON summary, no progress bar")
     p.set_defaults(func=cmd_sweep)
@@ -80,14 +82,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     res = _resources(args, spec.resources())
     conditions = spec.conditions()
+    _check_out(args.out)
     if args.dry_run:
         store = SweepStore(args.out, conditions)
+        store.check_spec(spec, args.replace)
         done = store.finished()
         info = {"conditions": len(conditions), "finished": len(done), "pending": len(conditions) - len(done),
                 "models": spec.models}
         print(json.dumps(info, indent=2) if args.json else
               f"{info['conditions']} conditions ({info['finished']} finished, {info['pending']} to run)")
         return 0
+    SweepStore(args.out, conditions).check_spec(spec, args.replace)  # before Ray starts
     n = args.workers or spec.workers.get("count", 1)
     factory = None
     if args.ray:
@@ -98,7 +103,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         factory = lambda model: LocalPool(model, spec.dtype, res.mesh)  # noqa: E731
     result = run_sweep(spec, args.out, progress=not args.json, pool_factory=factory, close_pools=True,
-                       flush_seconds=args.flush_seconds)
+                       flush_seconds=args.flush_seconds, replace=args.replace)
     info = {"out": result.out, "conditions": len(conditions), "computed": len(result.computed),
             "skipped": len(result.skipped), "failed": len(result.failed), "seconds": result.seconds}
     if args.json:
@@ -107,6 +112,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{info['computed']} conditions computed, {info['skipped']} already finished, "
               f"{info['failed']} failed in {info['seconds']} s -> {result.out}/results.parquet")
     return 0
+
+
+def _check_out(out: str) -> None:
+    """--out must be a directory (or not exist yet) that can be written."""
+    import os
+    from pathlib import Path
+
+    from jaxvalues.errors import ConfigError
+
+    p = Path(out).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    parent = p if p.exists() else next((a for a in p.absolute().parents if a.exists()), None)
+    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {parent or p} is not writable")
 
 
 def _wrap_collect(original):

@@ -14,6 +14,8 @@ tried and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from jaxvalues.errors import JaxValuesError
@@ -61,10 +63,26 @@ def connect(address: str, *, num_cpus: int | None = None, num_gpus: int | None =
         if problem:  # ray.init would retry for minutes
             raise RayStartError(f"could not {what}: {problem}; {hint}")
     try:
-        ray.init(**kw)
+        with _quiet_ray_logging():
+            ray.init(**kw)
     except Exception as e:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, ValueError, ...
         raise RayStartError(f"could not {what}: {type(e).__name__}: {str(e).strip()[:500]}; {hint}") from None
     return ray.cluster_resources()
+
+
+@contextlib.contextmanager
+def _quiet_ray_logging():
+    """Ray's start-up messages (e.g. "Token authentication is enabled for this Ray cluster ...", a
+    WARNING of ray._private.authentication) reach stderr through Python's last-resort handler when
+    nobody configured logging (configure_logging=False): the "ray" loggers are held at ERROR while
+    ray.init runs; errors still raise and are reported by connect."""
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:

@@ -34,12 +34,24 @@ from jaxvalues.errors import JaxValuesError
 class WorkerFailure(JaxValuesError):
     """A call (shard, sweep condition) failed for good; `.key` names it, `.remote_traceback` says where."""
 
-    def __init__(self, key, message: str, remote_traceback: str = ""):
-        self.key, self.remote_traceback = key, remote_traceback
+    def __init__(self, key, message: str, remote_traceback: str = "", user_error: bool = False):
+        # user_error: the call raised a ConfigError (a setting the user can fix): the message is one
+        # line; the traceback is kept in .remote_traceback (failures.json) but not shown
+        self.key, self.remote_traceback, self.user_error = key, remote_traceback, bool(user_error)
         text = f"{_name(key)} failed: {message}"
-        if remote_traceback:
+        if remote_traceback and not user_error:
             text += "\n--- remote traceback ---\n" + remote_traceback.rstrip()
         super().__init__(text)
+
+
+def _is_user_error(e) -> bool:
+    from jaxvalues.errors import ConfigError
+
+    return isinstance(e, ConfigError)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _name(key) -> str:
@@ -72,7 +84,9 @@ class LocalPool:
             try:
                 value = getattr(self.worker, method)(*args)
             except Exception as e:  # noqa: BLE001 - reported with its traceback, like the Ray path
-                on_error(key, WorkerFailure(key, f"{type(e).__name__}: {e}", traceback.format_exc()))
+                user = _is_user_error(e)
+                on_error(key, WorkerFailure(key, f"{type(e).__name__}: {_one_line(e) if user else e}",
+                                            traceback.format_exc(), user_error=user))
                 continue
             on_result(key, value)
 
@@ -92,8 +106,11 @@ class LocalPool:
 class RayPool:
     """`size` Ray actors, each a `ModelWorker(source)` with `resources` (needs a connected Ray)."""
 
+    restart_timeout_s, poll_s = 300.0, 2.0  # class defaults (subclasses that skip __init__: SlicePool)
+
     def __init__(self, source: str, size: int, resources: WorkerResources | None = None, dtype: str = "float32",
-                 max_in_flight: int = 2, resubmits: int = 2, start_timeout_s: float = 900.0):
+                 max_in_flight: int = 2, resubmits: int = 2, start_timeout_s: float = 900.0,
+                 restart_timeout_s: float = 300.0, poll_s: float = 2.0):
         from jaxvalues.distributed.cluster import import_ray
 
         ray = import_ray()
@@ -113,6 +130,9 @@ class RayPool:
                        for _ in range(self.size)]
         self.dead: set[int] = set()
         self.start_timeout_s, self._ready = start_timeout_s, False
+        # a worker that is not ALIVE for this long while it holds calls (its node is gone and Ray
+        # cannot place it again, e.g. no free resources) is given up: its calls go to the others
+        self.restart_timeout_s, self.poll_s = float(restart_timeout_s), float(poll_s)
 
     # -------------------------------------------------------------------------------- helpers
     def _probe(self) -> list:
@@ -198,9 +218,14 @@ class RayPool:
         load = {i: 0 for i in use}
         last_death = ""
 
+        down_since: dict[int, float] = {}  # worker -> when it was first seen unavailable
+
         def submit():
             while todo:
                 free = [i for i in use if i not in self.dead and load[i] < self.max_in_flight]
+                healthy = [i for i in use if i not in self.dead and i not in down_since]
+                if healthy:  # an unavailable (restarting, node lost) worker gets no new calls
+                    free = [i for i in free if i not in down_since]
                 if not free:
                     return
                 i = min(free, key=lambda j: (load[j], j))
@@ -209,9 +234,52 @@ class RayPool:
                 inflight[ref] = (i, key, args, attempts, refs)
                 load[i] += 1
 
+        def give_up_stalled():
+            """Workers not ALIVE for restart_timeout_s: killed for good, their calls resubmitted."""
+            nonlocal last_death
+            now = time.monotonic()
+            for j in [j for j in use if j not in self.dead and (load[j] > 0 or j in down_since)]:
+                if self._state(j) in ("ALIVE", None):
+                    down_since.pop(j, None)
+                    continue
+                if now - down_since.setdefault(j, now) < self.restart_timeout_s:
+                    continue
+                self.dead.add(j)
+                last_death = (f"worker {j} was not alive for {self.restart_timeout_s:g} s (its node was lost and "
+                              f"it could not be placed again)")
+                try:
+                    ray.kill(self.actors[j], no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                for r in [r for r, v in inflight.items() if v[0] == j]:
+                    _, key, args, attempts, _refs = inflight.pop(r)
+                    if attempts >= self.resubmits:
+                        on_error(key, WorkerFailure(key, f"its worker failed {attempts + 1} times (node lost)",
+                                                    last_death))
+                    else:
+                        todo.appendleft((key, args, attempts + 1))
+                load[j] = 0
+
+        checked = [time.monotonic()]
+
+        def refresh_down():
+            """Workers seen unavailable that are ALIVE again (restarted) take calls again."""
+            if down_since and time.monotonic() - checked[0] >= self.poll_s:
+                checked[0] = time.monotonic()
+                for j in list(down_since):
+                    if self._state(j) in ("ALIVE", None):
+                        down_since.pop(j, None)
+
         submit()
         while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+            refresh_down()
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+            if not ready:
+                give_up_stalled()
+                if todo and all(j in self.dead for j in use):
+                    raise WorkerFailure(f"all {len(use)} worker(s) of {self.source}", "died", last_death)
+                submit()
+                continue
             ref = ready[0]
             i, key, args, attempts, refs = inflight.pop(ref)
             load[i] -= 1
@@ -219,11 +287,14 @@ class RayPool:
                 value = ray.get(refs)[0]
             except RayTaskError as e:  # the call itself raised: deterministic, report it
                 cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
-                msg = f"{type(cause).__name__}: {cause}" if cause is not None else str(e).splitlines()[0]
-                on_error(key, WorkerFailure(key, msg, _remote_traceback(e)))
+                user = _is_user_error(cause)
+                msg = (f"{type(cause).__name__}: {_one_line(cause) if user else cause}" if cause is not None
+                       else str(e).splitlines()[0])
+                on_error(key, WorkerFailure(key, msg, _remote_traceback(e), user_error=user))
             except (ActorUnavailableError, RayActorError, RayError) as e:  # the worker, not the call, failed
                 if isinstance(e, ActorUnavailableError):
-                    time.sleep(1.0)  # restarting: give it a moment
+                    down_since.setdefault(i, time.monotonic())  # restarting: no new calls until ALIVE
+                    time.sleep(1.0)
                 elif isinstance(e, RayActorError):
                     self.dead.add(i)  # gone for good: restarts used up, or its __init__ failed
                 last_death = _remote_traceback(e)
@@ -238,6 +309,15 @@ class RayPool:
                 raise WorkerFailure(f"all {len(use)} worker(s) of {self.source}",
                                     "died (could the model not be loaded?)", last_death)
             submit()
+
+    def _state(self, i: int) -> str | None:
+        """Ray's state of worker i's actor (ALIVE, RESTARTING, DEAD, ...); None when unknown."""
+        try:
+            from ray._private.state import actors
+
+            return actors(actor_id=self.actors[i]._actor_id.hex()).get("State")
+        except Exception:  # noqa: BLE001 - a monitoring failure must not kill a worker
+            return None
 
     def _submit(self, i: int, method: str, args: tuple):
         """Start a call on worker i -> (the ref whose value is the result, all refs of the call)."""

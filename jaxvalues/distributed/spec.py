@@ -33,6 +33,8 @@ Conventions:
 from __future__ import annotations
 
 import copy
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,7 @@ class SweepSpec:
         if not isinstance(count, int) or count < 1:
             raise ConfigError(f"{w}: workers.count must be an integer >= 1, got {count!r}")
         WorkerResources.from_config(self.workers.get("resources"), f"{w}: workers.resources")
+        _check_settings(self, w)
 
     def values(self) -> tuple[str, ...]:
         from jaxvalues.data.values import VALUE_IDS, value_ids
@@ -210,6 +213,89 @@ class SweepSpec:
                 **{k: getattr(self, k) for k in DEFAULTS}}
 
 
+DTYPES = ("float32", "bfloat16")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def _check_settings(spec: "SweepSpec", w: str) -> None:
+    """Every setting a sweep will use, checked before any work: one ConfigError naming the field."""
+    if spec.dtype not in DTYPES:
+        raise ConfigError(f"{w}: dtype: expected one of {list(DTYPES)}, got {spec.dtype!r}")
+    for i, m in enumerate(spec.models):
+        problem = model_source_problem(m)
+        if problem:
+            raise ConfigError(f"{w}: models[{i}]: {problem}")
+    d, st, sel, ev = spec.data, spec.statistics, spec.selection, spec.evaluation
+    for key in ("activation", "evaluation"):
+        v = d[key]
+        if not (isinstance(v, str) and v) and not (isinstance(v, list) and v and all(isinstance(x, str) and x
+                                                                                    for x in v)):
+            raise ConfigError(f"{w}: data.{key}: expected 'builtin' or a path (or a list of paths), got {v!r}")
+        for x in [v] if isinstance(v, str) else v:
+            if x != "builtin" and not Path(x).expanduser().exists():
+                raise ConfigError(f"{w}: data.{key}: no such file or directory: {x!r} (or use 'builtin')")
+    for key in ("max_activation_records", "max_evaluation_records"):
+        _positive_int(d[key], f"{w}: data.{key}", optional=True)
+    if d["activation_lang"] is not None and d["activation_lang"] not in LANGS:
+        raise ConfigError(f"{w}: data.activation_lang: expected null or one of {list(LANGS)}, "
+                          f"got {d['activation_lang']!r}")
+    if st["token_selection"] not in ("all", "rationale", "mask", "last_k"):
+        raise ConfigError(f"{w}: statistics.token_selection: expected one of ['all', 'rationale', 'last_k'], "
+                          f"got {st['token_selection']!r}")
+    for key in ("k", "batch_size", "max_tokens", "shard_size"):
+        _positive_int(st[key], f"{w}: statistics.{key}")
+    b = st["buckets"]
+    if b is not None:
+        if not isinstance(b, list) or not b:
+            raise ConfigError(f"{w}: statistics.buckets: expected null or a non-empty list of positive integers, "
+                              f"got {b!r}")
+        for x in b:
+            _positive_int(x, f"{w}: statistics.buckets")
+    for key in ("filter_rate", "activation_bar_ratio"):
+        x = sel[key]
+        if _number(x) is None or not 0 < x < 1:
+            raise ConfigError(f"{w}: selection.{key}: expected a number in (0, 1), got {x!r}")
+    if sel["contrast_metric"] not in ("mean", "rms", "effect"):
+        raise ConfigError(f"{w}: selection.contrast_metric: expected one of ['mean', 'rms', 'effect'], "
+                          f"got {sel['contrast_metric']!r}")
+    for key in ("batch_size", "seq_multiple"):
+        _positive_int(ev[key], f"{w}: evaluation.{key}")
+    for key in ("gamma", "gain"):
+        if _number(ev[key]) is None:
+            raise ConfigError(f"{w}: evaluation.{key}: expected a finite number, got {ev[key]!r}")
+
+
+def model_source_problem(source: str) -> str | None:
+    """Why `source` cannot be a model (not an existing path, a packaged name or a hub id), or None."""
+    p = Path(source).expanduser()
+    if p.exists():
+        return None
+    try:
+        from jaxvalues.zoo.registry import is_packaged
+    except ImportError:  # pragma: no cover - zoo not available
+        is_packaged = lambda name: False  # noqa: E731
+    if is_packaged(source):
+        return None
+    if not source.startswith((".", "/", "~")) and _HUB_ID.match(source):
+        return None
+    return (f"{source!r} is not an existing path, a packaged model name (see `jaxvalues models list`) "
+            f"or a hub id (org/name)")
+
+
+def _number(x) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _positive_int(x, where: str, optional: bool = False) -> None:
+    if optional and x is None:
+        return
+    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+        null = "null or " if optional else ""
+        raise ConfigError(f"{where}: expected {null}a positive integer, got {x!r}")
+
+
 def _choices(items, allowed, where):
     bad = [x for x in items if x not in allowed]
     if bad:
@@ -226,13 +312,25 @@ def load_spec(path) -> SweepSpec:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    spec = SweepSpec.from_dict(raw, str(p))
     base = p.parent
     # relative data / model paths are relative to the spec file when that path exists there
-    spec.models = [_rel(m, base) for m in spec.models]
-    for key in ("activation", "evaluation"):
-        spec.data[key] = _rel(spec.data[key], base) if isinstance(spec.data[key], str) else spec.data[key]
-    return spec
+    # (resolved before validation, which checks that they exist)
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        models = raw.get("models")
+        if isinstance(models, str):
+            raw["models"] = _rel(models, base)
+        elif isinstance(models, list):
+            raw["models"] = [_rel(m, base) if isinstance(m, str) and m else m for m in models]
+        if isinstance(raw.get("data"), dict):
+            data = raw["data"] = dict(raw["data"])
+            for key in ("activation", "evaluation"):
+                v = data.get(key)
+                if isinstance(v, str) and v:
+                    data[key] = _rel(v, base)
+                elif isinstance(v, list):
+                    data[key] = [_rel(x, base) if isinstance(x, str) and x else x for x in v]
+    return SweepSpec.from_dict(raw, str(p))
 
 
 def _rel(s: str, base: Path) -> str:

@@ -63,6 +63,52 @@ class SweepStore:
             for f in d.iterdir():
                 if TMP_MARK in f.name and f.is_file():
                     f.unlink()  # left by a killed run
+        self.damaged: list[str] = self._drop_damaged_parts()
+
+    def _drop_damaged_parts(self) -> list[str]:
+        """Parts that cannot be read (truncated, not Parquet) are reported in one line each, moved
+        aside to parts/<id>.parquet.damaged and so computed again."""
+        import sys
+
+        import pyarrow.parquet as pq
+
+        damaged = []
+        for c in self.conditions:
+            p = self.part(c.id)
+            if not p.is_file():
+                continue
+            try:
+                pq.ParquetFile(p).metadata  # footer and schema: a truncated file fails here
+            except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError, ...
+                os.replace(p, p.with_name(p.name + ".damaged"))
+                damaged.append(c.id)
+                why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+                print(f"warning: {p} is damaged ({why}); {c.label} will be computed again", file=sys.stderr)
+        return damaged
+
+    # --- the spec that owns the directory ------------------------------------------------------
+    def check_spec(self, spec, replace: bool = False) -> None:
+        """Refuse a directory that holds another spec's sweep (unless `replace`)."""
+        import yaml
+
+        from jaxvalues.errors import ConfigError
+
+        f = self.out / "spec.yaml"
+        if replace or not f.is_file():
+            return
+        try:
+            stored = yaml.safe_load(f.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            stored = None
+        if not isinstance(stored, dict):
+            raise ConfigError(f"{self.out}: its spec.yaml cannot be read; pass --replace to run "
+                              f"{spec.source or 'this spec'} here anyway, or use another --out")
+        if spec_fingerprint(stored) != spec_fingerprint(spec.to_dict()):
+            diff = [k for k in _FINGERPRINTED if stored.get(k) != spec.to_dict().get(k)]
+            raise ConfigError(f"{self.out} holds the results of another sweep spec (differs in "
+                              f"{', '.join(diff) or 'its settings'}); use another --out, or pass --replace to "
+                              f"make it {spec.source or 'this spec'}'s (finished conditions with the same id are "
+                              f"kept, the tables are rebuilt for the new spec)")
 
     # --- state --------------------------------------------------------------------------------
     def part(self, cid: str) -> Path:
@@ -84,7 +130,8 @@ class SweepStore:
 
     def fail(self, cond, failure) -> None:
         self.failures[cond.id] = {"id": cond.id, "label": cond.label, "error": str(failure).split("\n")[0],
-                                  "remote_traceback": getattr(failure, "remote_traceback", "")}
+                                  "remote_traceback": getattr(failure, "remote_traceback", ""),
+                                  "user_error": bool(getattr(failure, "user_error", False))}
 
     def write_spec(self, spec) -> None:
         import yaml
@@ -114,6 +161,16 @@ class SweepStore:
                        self.out / "failures.json")
         elif (self.out / "failures.json").exists():
             (self.out / "failures.json").unlink()
+
+
+_FINGERPRINTED = ("models", "dtype", "data", "statistics", "selection", "evaluation", "grid")
+
+
+def spec_fingerprint(d: dict) -> str:
+    """Hash of what a spec computes (not its name or workers: those do not change results)."""
+    from jaxvalues.distributed.shards import fingerprint
+
+    return fingerprint({k: d.get(k) for k in _FINGERPRINTED})[:16]
 
 
 def summarize(table):

@@ -105,15 +105,19 @@ def default_pool_factory(spec: SweepSpec, use_ray: bool, workers: int | None) ->
 
 def run_sweep(spec: SweepSpec, out, *, ray: str | None = None, workers: int | None = None, progress: bool = False,
               pool_factory: Callable | None = None, close_pools: bool | None = None,
-              on_condition: Callable | None = None, flush_seconds: float = 30.0) -> SweepResult:
+              on_condition: Callable | None = None, flush_seconds: float = 30.0,
+              replace: bool = False) -> SweepResult:
     """Run (or resume) `spec` into directory `out`; see the module docstring.
 
     ray: None (no Ray unless `pool_factory` says otherwise), "local" or a cluster address.
     pool_factory(model) -> pool: overrides the pools (tests pass one that reuses live actors; such
     pools are not closed unless close_pools=True). on_condition(condition, rows) runs after each
     condition is stored (an exception there, e.g. KeyboardInterrupt, stops the sweep; finished
-    conditions stay)."""
+    conditions stay). A directory that holds another spec's sweep is refused unless replace=True."""
     t0 = time.perf_counter()
+    conditions = spec.conditions()
+    store = SweepStore(out, conditions, flush_seconds)
+    store.check_spec(spec, replace)
     if ray:
         from jaxvalues.distributed.cluster import connect
 
@@ -122,8 +126,6 @@ def run_sweep(spec: SweepSpec, out, *, ray: str | None = None, workers: int | No
     if close_pools is None:
         close_pools = pool_factory is None
     factory = pool_factory or default_pool_factory(spec, bool(ray), workers)
-    conditions = spec.conditions()
-    store = SweepStore(out, conditions, flush_seconds)
     store.write_spec(spec)
     done_before = store.finished()
     result = SweepResult(str(store.out), skipped=[c.id for c in conditions if c.id in done_before])
@@ -148,9 +150,11 @@ def run_sweep(spec: SweepSpec, out, *, ray: str | None = None, workers: int | No
         result.seconds = round(time.perf_counter() - t0, 3)
     if result.failed:
         first = store.failures[result.failed[0]]
-        raise SweepFailed(f"{len(result.failed)} of {len(conditions)} conditions failed for good (see "
-                          f"{store.out / 'failures.json'}); first: {first['error']}\n"
-                          f"--- remote traceback ---\n{first['remote_traceback'].rstrip()}")
+        msg = (f"{len(result.failed)} of {len(conditions)} conditions failed for good (see "
+               f"{store.out / 'failures.json'}); first: {first['error']}")
+        if first.get("user_error"):  # a setting to fix: one line (the traceback is in failures.json)
+            raise SweepFailed(f"{spec.source or 'sweep spec'}: {msg}")
+        raise SweepFailed(f"{msg}\n--- remote traceback ---\n{first['remote_traceback'].rstrip()}")
     return result
 
 
