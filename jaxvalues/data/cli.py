@@ -72,6 +72,8 @@ def register(subparsers) -> None:
     sp.add_argument("--timeout", type=float, default=60.0)
     sp.add_argument("--max-retries", type=int, default=5)
     sp.add_argument("--temperature", type=float, default=0.9)
+    sp.add_argument("--append", action="store_true",
+                    help="allow writing into an existing file not made by `data generate` (its records are kept as is)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_generate)
 
@@ -198,7 +200,7 @@ def cmd_generate(args) -> int:
                               values=args.values.split(",") if args.values else None,
                               langs=tuple(x.strip() for x in args.langs.split(",") if x.strip()),
                               conflicts=conflicts, topics_per_value=args.topics_per_value,
-                              batch_size=args.batch_size, progress=progress)  # fmt: skip
+                              batch_size=args.batch_size, progress=progress, append=args.append)  # fmt: skip
     if not args.json:
         print(file=sys.stderr)
     out = {"written": report.written, "skipped_existing": report.skipped_existing,

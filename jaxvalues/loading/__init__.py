@@ -66,7 +66,7 @@ def load_hf_dir(path: str | Path, dtype="float32", tokenizer=True) -> LanguageMo
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_file}: invalid JSON ({e})") from None
     hf_cfg = _hf_config(raw, cfg_file)
-    cfg = ModelConfig.from_hf(hf_cfg, name=d.name)
+    cfg = ModelConfig.from_hf(hf_cfg, name=d.name, source=str(cfg_file))
     tok = load_tokenizer(d) if tokenizer else None
     return build_from_checkpoint(cfg, SafetensorsCheckpoint(d), dtype, str(d), tok)
 
