@@ -130,3 +130,23 @@ def test_non_finite_weights_refused_at_load(tmp_path):
     save_safetensors(tensors, f)
     with pytest.raises(CheckpointError, match=rf"NaN or inf values: {key} \(1 of"):
         load_model(tmp_path)
+
+
+def test_unsupported_model_type_names_config_json(tmp_path):
+    import json
+
+    from jaxvalues.errors import ConfigError
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError) as e:
+        load_model(tmp_path)
+    assert str(e.value).startswith(str(tmp_path / "config.json") + ": model_type 'bert' is not supported")
+
+
+@pytest.mark.parametrize("tol", ["-1", "nan", "inf"])
+def test_validate_refuses_bad_tolerance(tol, capsys):
+    from jaxvalues.cli import main
+
+    rc = main(["validate", "--model", "nope", "--tolerance", tol])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--tolerance must be a finite number >= 0" in err

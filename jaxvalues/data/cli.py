@@ -114,7 +114,7 @@ def cmd_validate(args) -> int:
     from jaxvalues.data.summary import count_table
     from jaxvalues.data.validate import problems_error
 
-    args._quiet = args.json
+    args._quiet = args.json or not args.lenient  # strict: the problems are listed once, in the error
     res = _read(args, lenient=True)
     counts = count_table(res.records)
     if args.json:
