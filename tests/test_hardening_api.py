@@ -150,3 +150,32 @@ def test_validate_refuses_bad_tolerance(tol, capsys):
     rc = main(["validate", "--model", "nope", "--tolerance", tol])
     err = capsys.readouterr().err
     assert rc == 2 and "--tolerance must be a finite number >= 0" in err
+
+
+def test_mult_add_arrays_shape_checked():
+    from jaxvalues.models.intervention import as_arrays
+
+    with pytest.raises(JaxValuesError, match=r"\(mult, \.\.\.\) array has shape \(2, 4\); expected \[L, N\] = \[2, 3\]"):
+        as_arrays((np.ones((2, 4)), np.zeros((2, 4))), 2, 3)
+    with pytest.raises(JaxValuesError, match="shapes differ"):
+        as_arrays((np.ones((2, 3)), np.zeros((2, 1, 3))), 2, 3)
+    assert as_arrays((np.ones((2, 5, 3)), np.zeros((2, 5, 3))), 2, 3)[0].shape == (2, 5, 3)
+
+
+def test_generate_checks_ids_and_max_new_tokens(tiny_dir):
+    m = load_model(tiny_dir, tokenizer=False)
+    with pytest.raises(JaxValuesError, match="input_ids: token id -2 is outside"):
+        m.generate(np.array([[1, -2]]), max_new_tokens=2)
+    with pytest.raises(JaxValuesError, match="max_new_tokens must be an integer >= 1, got 0"):
+        m.generate(np.array([[1, 2]]), max_new_tokens=0)
+
+
+@pytest.mark.parametrize("kw, text", [(dict(per_value=0), "per_value (CLI --per-value) must be an integer >= 1"),
+                                      (dict(batch_size=0), "batch_size (CLI --batch-size) must be"),
+                                      (dict(topics_per_value=-1), "topics_per_value")])
+def test_generate_records_refuses_bad_counts(tmp_path, kw, text):
+    from jaxvalues.data.generate import generate_records
+
+    with pytest.raises(JaxValuesError) as e:
+        generate_records(object(), tmp_path / "o.jsonl", **kw)
+    assert text in str(e.value) and not (tmp_path / "o.jsonl").exists()

@@ -126,3 +126,13 @@ def test_mask_uses_batch_size(tmp_path):
     small = learn_mask(lm, ids, mask, labels, steps=2, batch_size=2)
     assert full.report["batch_size"] == 5 and small.report["batch_size"] == 2
     np.testing.assert_allclose(small.gates, full.gates, rtol=1e-4, atol=1e-5)  # same gradient, less memory
+
+
+@pytest.mark.parametrize("flag, value", [("--filter-rate", "0"), ("--bar-ratio", "1.5"), ("--top-rate", "-0.1"),
+                                         ("--l1", "-1"), ("--min-ratio", "2")])
+def test_bad_rates_refused(stats_dirs, tmp_path, capsys, flag, value):
+    values_dir, _ = stats_dirs
+    rc = main(["identify", "--stats", str(values_dir), "--method", "vape", flag, value,
+               "--out", str(tmp_path / "v.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and flag in err and "Traceback" not in err

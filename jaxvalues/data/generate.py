@@ -165,6 +165,10 @@ def generate_records(backend, out_path, *, kind: str = "activation", values=None
     langs = tuple(langs)
     if not langs or any(lang not in _LANG_NAME for lang in langs):
         raise DataError(f"langs must be a subset of ('zh', 'en'), got {langs!r}")
+    for name, v in (("per_value", per_value), ("batch_size", batch_size), ("max_attempts", max_attempts),
+                    ("topics_per_value", topics_per_value)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise DataError(f"{name} (CLI --{name.replace('_', '-')}) must be an integer >= 1, got {v!r}")
     prefix = id_prefix or f"gen-{KIND_PREFIX[kind]}"
     out_path = Path(out_path)
     width = max(3, len(str(per_value - 1)))

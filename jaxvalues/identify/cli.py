@@ -57,6 +57,13 @@ def _check_args(args):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    for flag, v in (("--filter-rate", args.filter_rate), ("--bar-ratio", args.bar_ratio)):
+        if not 0 < v <= 1:
+            raise ConfigError(f"{flag} must be in (0, 1], got {v}")
+    if not args.l1 >= 0:
+        raise ConfigError(f"--l1 must be >= 0, got {args.l1}")
+    if args.min_ratio is not None and not 0 <= args.min_ratio <= 1:
+        raise ConfigError(f"--min-ratio must be in [0, 1], got {args.min_ratio}")
     if not 0 < args.top_rate <= 1:
         raise ConfigError(f"--top-rate must be in (0, 1], got {args.top_rate}")
     out = Path(args.out).expanduser()

@@ -189,6 +189,14 @@ def as_arrays(intervention, num_layers: int, num_neurons: int):
         return intervention.arrays(num_layers, num_neurons)
     if isinstance(intervention, tuple) and len(intervention) == 2 and not isinstance(intervention[0], Intervention):
         mult, add = (np.asarray(a, np.float32) if not hasattr(a, "dtype") else a for a in intervention)
+        for name, a in (("mult", mult), ("add", add)):
+            shape = tuple(a.shape)
+            if not (shape == (num_layers, num_neurons) or (len(shape) == 3 and shape[0] == num_layers
+                                                           and shape[2] == num_neurons)):
+                raise JaxValuesError(f"intervention ({name}, ...) array has shape {shape}; expected [L, N] = "
+                                     f"[{num_layers}, {num_neurons}] or [L, B, N]")
+        if tuple(mult.shape) != tuple(add.shape):
+            raise JaxValuesError(f"intervention (mult, add): shapes differ, {tuple(mult.shape)} vs {tuple(add.shape)}")
         return mult, add
     if isinstance(intervention, (list, tuple)):
         return Intervention.stack(list(intervention), num_layers, num_neurons)

@@ -123,16 +123,24 @@ class LanguageModel:
         (padded with pad_id after EOS)."""
         from jaxvalues.models.generate import generate_ids
 
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise JaxValuesError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+
         if isinstance(prompts_or_ids, str):
             prompts_or_ids = [prompts_or_ids]
         texts = isinstance(prompts_or_ids, (list, tuple)) and prompts_or_ids and isinstance(prompts_or_ids[0], str)
         if texts:
             ids, mask = self.encode(list(prompts_or_ids))
         else:
-            ids = np.asarray(prompts_or_ids, np.int32)
-            if ids.ndim == 1:
-                ids = ids[None]
-            mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+            ids = np.asarray(_check_ids(prompts_or_ids, self.config.vocab_size))
+            if attention_mask is None:
+                mask = np.ones_like(ids)
+            else:
+                mask = _host_int(attention_mask, "attention_mask")
+                mask = mask[None] if mask.ndim == 1 and ids.shape[0] == 1 else mask
+                if mask.shape != ids.shape:
+                    raise JaxValuesError(f"attention_mask must have the shape of input_ids {ids.shape}, got {mask.shape}")
+                mask = mask.astype(np.int32)
         mult, add = self.intervention_arrays(intervention)
         new = generate_ids(self, ids, mask, max_new_tokens, mult, add, do_sample=do_sample, temperature=temperature,
                            top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
