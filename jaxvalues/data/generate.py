@@ -189,7 +189,7 @@ def generate_records(backend, out_path, *, kind: str = "activation", values=None
         for p in res.problems:
             log.warning("existing output: %s (left as is)", p)
         existing = _drop_partial_pairs(res.records, out_path, owned)
-    _write_sidecar(out_path, owned)
+        _write_sidecar(out_path, owned)
     have: dict[str, set] = {}
     seen_stories = set()
     topics_seen: dict[str, list[dict]] = {}
@@ -239,9 +239,10 @@ def generate_records(backend, out_path, *, kind: str = "activation", values=None
                 log.warning("generation failed for %s: %s", it.pair_id, it.error)
             else:
                 records += recs
-        append_jsonl(records, out_path)
-        owned.update(r.id for r in records)
-        _write_sidecar(out_path, owned)
+        if records:  # ownership first: a crash between the two never leaves our records unowned
+            owned.update(r.id for r in records)
+            _write_sidecar(out_path, owned)
+            append_jsonl(records, out_path)
         report.written += len(records)
         done += len(chunk)
         if progress:
