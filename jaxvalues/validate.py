@@ -174,11 +174,17 @@ def register(subparsers) -> None:
 
 
 def _cmd(args) -> int:
+    import math
+
+    from jaxvalues.errors import ConfigError
+
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise ConfigError(f"--tolerance must be a finite number >= 0, got {args.tolerance:g}")
+    if args.max_records < 1:
+        raise ConfigError(f"--max-records must be >= 1, got {args.max_records}")
     if args.run:
         return _cmd_run(args)
     if not args.model:
-        from jaxvalues.errors import ConfigError
-
         raise ConfigError("validate: give --model M (logit/neuron parity) or --run DIR (a run's findings)")
     rep = validate(args.model, args.dataset, args.max_records, args.dtype)
     ok = rep["max_abs_diff"]["logits"] <= args.tolerance

@@ -12,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from jaxvalues.errors import DataError
+
 from jaxvalues.data.generate import GenerationError, LocalChat, OpenAIChat, generate_records, parse_json_reply
 from jaxvalues.data.io import load_records
 
@@ -289,3 +291,56 @@ def test_a_half_written_pair_is_regenerated_whole(server, tmp_path):
     recs = load_records(out)  # strict: no duplicate ids
     assert [r.id for r in recs] == ["gen-eval-integrity-000-zh", "gen-eval-integrity-000-en",
                                     "gen-eval-integrity-001-zh", "gen-eval-integrity-001-en"]
+
+
+def _hand_made(path):
+    """Two hand-made records whose pairs lack the other language (ids a generator could also use)."""
+    from jaxvalues.data.io import read_records
+
+    recs = read_records("builtin").records
+    zh = next(r for r in recs if r.lang == "zh" and r.kind == "evaluation")
+    en = next(r for r in recs if r.lang == "en" and r.kind == "evaluation" and r.pair_id != zh.pair_id)
+    lines = [json.dumps({**zh.to_dict(), "id": "gen-eval-integrity-000-zh", "pair_id": "gen-eval-integrity-000",
+                         "value": "integrity"}, ensure_ascii=False),
+             json.dumps({**en.to_dict(), "id": "mine-1-en", "pair_id": "mine-1"}, ensure_ascii=False)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path.read_bytes()
+
+
+def test_generate_refuses_a_file_it_did_not_write(server, tmp_path):
+    out = tmp_path / "hand.jsonl"
+    before = _hand_made(out)
+    backend = client(server, [])
+    with pytest.raises(DataError, match=r"hand.jsonl: exists and was not written by `data generate`.*--append"):
+        generate_records(backend, out, kind="evaluation", values=["integrity"], per_value=2)
+    assert out.read_bytes() == before and backend.calls == 0
+
+
+def test_generate_append_never_deletes_records_it_did_not_write(server, tmp_path):
+    from jaxvalues.data.generate import sidecar_path
+
+    out = tmp_path / "hand.jsonl"
+    before = _hand_made(out)
+    rep = generate_records(client(server, []), out, kind="evaluation", values=["integrity"], per_value=2, append=True)
+    after = out.read_bytes()
+    assert after.startswith(before)  # every hand-made line kept byte for byte
+    # pair 000 is the user's (one language only): skipped, never regenerated over
+    assert rep.skipped_existing == 1 and rep.written == 2
+    owned = json.loads(sidecar_path(out).read_text())["ids"]
+    assert owned == ["gen-eval-integrity-001-en", "gen-eval-integrity-001-zh"]
+    # a rerun (the file now has a sidecar) still keeps the user's lone records
+    generate_records(client(server, []), out, kind="evaluation", values=["integrity"], per_value=2)
+    assert out.read_bytes().startswith(before)
+
+
+def test_generate_cli_append_flag(server, tmp_path, monkeypatch, capsys):
+    from jaxvalues.cli import main
+
+    monkeypatch.setenv("JAXVALUES_API_KEY", KEY)
+    out = tmp_path / "hand.jsonl"
+    before = _hand_made(out)
+    argv = ["data", "generate", "--base-url", server.base_url, "--model", "fake", "-o", str(out), "--kind",
+            "evaluation", "--values", "integrity", "--per-value", "1", "--json"]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "--append" in err and "Traceback" not in err and out.read_bytes() == before

@@ -121,3 +121,49 @@ def test_collection_checks_duplicates_and_pairs():
     assert "f line 4: same scenario and actions as id 'act-integrity-001-en' (at f line 2)" in text
     assert "f line 5: field 'pair_id': pair 'act-integrity-001' already has a 'zh' record" in text
     assert "f line 6: field 'pair_id': pair 'act-integrity-001' mixes activation/integrity" in text
+
+
+# --- `data validate` messages through the CLI -----------------------------------------------------
+def test_cli_empty_file_is_an_error(tmp_path, capsys):
+    from jaxvalues.cli import main
+
+    for name, text in (("e.jsonl", ""), ("e.csv", "kind,id,lang\n")):
+        f = tmp_path / name
+        f.write_text(text, encoding="utf-8")
+        assert main(["data", "validate", str(f)]) == 2
+        err = capsys.readouterr().err
+        assert f"{f}: no records" in err and "Traceback" not in err
+
+
+def test_cli_problems_listed_once(tmp_path, capsys):
+    from jaxvalues.cli import main
+
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"kind": "activation", "id": "a-zh", "lang": "zh"}\n', encoding="utf-8")
+    assert main(["data", "validate", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "skipped" not in err
+    assert err.count(f"{f} line 1: field 'value': missing field") == 1
+
+
+def test_cli_csv_unrecognised_columns_suggest_map(tmp_path, capsys):
+    from jaxvalues.cli import main
+
+    f = tmp_path / "d.csv"
+    f.write_text("kind,lang,value,Story Text,Good,Bad\nevaluation,en,integrity,s,a,b\n", encoding="utf-8")
+    assert main(["data", "validate", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognised column(s) 'Story Text', 'Good', 'Bad' were ignored" in err
+    assert "--map Column=field" in err
+
+
+def test_cli_extra_columns_beside_complete_fields_are_fine(tmp_path, capsys):
+    from jaxvalues.data.validate import column_problem
+
+    rows = [({"kind": "activation", "notes": "x"}, "r1")]
+    items = [({"kind": "activation", "id": "a", "lang": "en", "pair_id": "a", "value": "integrity", "scenario": "s",
+               "aligned_action": "x", "story": "y", "conflict": "c", "rationale": "r"}, "r1")]
+    from jaxvalues.data.schema import REQUIRED
+
+    items[0][0].update({k: "t" for k in REQUIRED["activation"] if k not in items[0][0]})
+    assert column_problem("f.csv", rows, items) is None

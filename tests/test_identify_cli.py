@@ -109,3 +109,63 @@ def test_attribution_trains_on_one_split_and_evaluate_drops_it(tmp_path, capsys)
 
     t = pd.read_parquet(tmp_path / "ev" / "results.parquet")
     assert set(t.pair_id) == held
+
+
+@pytest.mark.parametrize("flag, value", [("--top-k", "-1"), ("--top-k", "0"), ("--steps", "0"), ("--batch-size", "0"),
+                                         ("--max-records", "0")])
+def test_bad_numbers_refused_before_work(stats_dirs, tmp_path, capsys, flag, value):
+    values_dir, _ = stats_dirs
+    rc = main(["identify", "--stats", str(values_dir), "--method", "contrast", flag, value,
+               "--out", str(tmp_path / "c.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{flag} must be >= 1, got {value}" in err and "Traceback" not in err
+    assert not (tmp_path / "c.parquet").exists()
+
+
+def test_out_location_checked_before_work(stats_dirs, tmp_path, capsys):
+    values_dir, _ = stats_dirs
+    (tmp_path / "afile").write_text("x")
+    for out, text in ((str(tmp_path) + "/", "is a directory"), (str(tmp_path), "is a directory"),
+                      (str(tmp_path / "afile" / "x.parquet"), "is a file, not a directory")):
+        # --stats does not exist: had the work started first, the error would be about statistics
+        rc = main(["identify", "--stats", str(tmp_path / "nope"), "--method", "vape", "--out", out])
+        err = capsys.readouterr().err
+        assert rc == 2 and text in err and "--out" in err and "statistics" not in err, err
+
+
+def test_value_without_data_is_named(stats_dirs, tmp_path, capsys):
+    values_dir, _ = stats_dirs
+    rc = main(["identify", "--stats", str(values_dir), "--method", "vape", "--values", "harmony",
+               "--out", str(tmp_path / "h.parquet")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "no activation data / tokens for value(s): harmony" in " ".join(out.split())
+
+
+def test_mask_uses_batch_size(tmp_path):
+    pytest.importorskip("torch")
+    import numpy as np
+
+    from jaxvalues.identify.mask import learn_mask
+    from jaxvalues.loading import load_model
+    from jaxvalues.testing import tiny_hf_model
+
+    tiny_hf_model("llama", tmp_path / "m")
+    lm = load_model(tmp_path / "m", tokenizer=False)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 100, (5, 6))
+    mask = np.ones_like(ids)
+    labels = np.array([[3, 4]] * 5)
+    full = learn_mask(lm, ids, mask, labels, steps=2)
+    small = learn_mask(lm, ids, mask, labels, steps=2, batch_size=2)
+    assert full.report["batch_size"] == 5 and small.report["batch_size"] == 2
+    np.testing.assert_allclose(small.gates, full.gates, rtol=1e-4, atol=1e-5)  # same gradient, less memory
+
+
+@pytest.mark.parametrize("flag, value", [("--filter-rate", "0"), ("--bar-ratio", "1.5"), ("--top-rate", "-0.1"),
+                                         ("--l1", "-1"), ("--min-ratio", "2")])
+def test_bad_rates_refused(stats_dirs, tmp_path, capsys, flag, value):
+    values_dir, _ = stats_dirs
+    rc = main(["identify", "--stats", str(values_dir), "--method", "vape", flag, value,
+               "--out", str(tmp_path / "v.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and flag in err and "Traceback" not in err

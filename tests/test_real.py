@@ -57,13 +57,13 @@ def test_demo_config_runs_reduced(tmp_path, capsys):
                "--out", str(out), "--json", "--no-progress"])
     s = json.loads(capsys.readouterr().out)
     assert rc == 0
-    assert s["dilemmas"] == 24  # 12 values × 2 languages × 1
-    assert len(s["shift"]) + len(s["no_neurons"]) == 12
-    assert np.array(s["leakage"]["matrix"], float).shape == (12, 12)
+    assert s["dilemmas"] == 4  # 2 tested values × 2 languages × 1
+    assert len({c["value"] for c in s["cells"]}) + len(s["no_neurons"]) == 2
+    assert np.array(s["leakage"]["matrix"], float).shape == (2, 2)
     assert (out / "report.html").exists() and (out / "summary.json").exists()
-    assert 0.0 <= s["baseline"]["p_aligned"] <= 1.0
-    for r in s["shift"]:
-        assert r["neurons"] > 0 and np.isfinite(r["targeted"])
+    assert 0.0 <= s["baseline"]["p_aligned"] <= 1.0 and 0.0 < s["baseline"]["label_mass_mean"] <= 1.0
+    for c in s["cells"]:
+        assert c["neurons"] > 0 and np.isfinite(c["targeted"]) and c["num_controls"] == 19
 
 
 def test_packaged_model_loads_without_torch_and_tokenizes_like_autotokenizer(lm):

@@ -76,6 +76,8 @@ def register(subparsers) -> None:
     sp.add_argument("--timeout", type=float, default=60.0)
     sp.add_argument("--max-retries", type=int, default=5)
     sp.add_argument("--temperature", type=float, default=0.9)
+    sp.add_argument("--append", action="store_true",
+                    help="allow writing into an existing file not made by `data generate` (its records are kept as is)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_generate)
 
@@ -116,7 +118,7 @@ def cmd_validate(args) -> int:
     from jaxvalues.data.summary import count_table
     from jaxvalues.data.validate import problems_error
 
-    args._quiet = args.json
+    args._quiet = args.json or not args.lenient  # strict: the problems are listed once, in the error
     res = _read(args, lenient=True)
     counts = count_table(res.records)
     if args.json:
@@ -214,7 +216,7 @@ def cmd_generate(args) -> int:
                               values=args.values.split(",") if args.values else None,
                               langs=tuple(x.strip() for x in args.langs.split(",") if x.strip()),
                               conflicts=conflicts, topics_per_value=args.topics_per_value,
-                              batch_size=args.batch_size, progress=progress)  # fmt: skip
+                              batch_size=args.batch_size, progress=progress, append=args.append)  # fmt: skip
     if not args.json:
         print(file=sys.stderr)
     out = {"written": report.written, "skipped_existing": report.skipped_existing,

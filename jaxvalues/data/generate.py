@@ -15,18 +15,25 @@ Conventions:
 - A reply that is not the asked-for JSON, has empty or wrong-language text, or repeats a story
   already in the output is retried up to `max_attempts` times per step; an item still failing is
   reported in `GenerationReport.failed`, never written. Written records pass `parse_row`.
+- Ownership: the ids a run writes are listed in a sidecar ``<out>.generated.json``
+  (``{"format": 1, "ids": [...]}``, rewritten atomically after each batch). Only records listed
+  there are ever removed (a half-written pair of ours is regenerated whole). An existing
+  non-empty output without a sidecar was not made by `data generate`: it is refused unless
+  ``append=True`` (CLI ``--append``), and then its records are never changed or removed; pairs
+  it already has (in any language) are skipped, never regenerated.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jaxvalues.data.chat import GenerationError, LocalChat, OpenAIChat  # noqa: F401  (re-exported)
-from jaxvalues.data.io import append_jsonl, read_records, write_jsonl
+from jaxvalues.data.io import append_jsonl, read_records
 from jaxvalues.data.schema import KIND_PREFIX
 from jaxvalues.data.validate import language_problem, parse_row
 from jaxvalues.data.values import get_value, value_ids
@@ -148,7 +155,7 @@ def _texts_ok(obj: dict, keys) -> str | None:
 def generate_records(backend, out_path, *, kind: str = "activation", values=None, per_value: int = 10,
                      langs=("zh", "en"), conflicts: dict | None = None, topics_per_value: int = 5,
                      id_prefix: str | None = None, batch_size: int = 8, max_attempts: int = 3,
-                     progress=None) -> GenerationReport:  # fmt: skip
+                     progress=None, append: bool = False) -> GenerationReport:  # fmt: skip
     """Generate `per_value` scenario pairs per value into `out_path` (JSONL, appended, resumable).
 
     conflicts: optional {value: [{"zh": ..., "en": ...}, ...]} topics to cycle through instead of
@@ -158,23 +165,37 @@ def generate_records(backend, out_path, *, kind: str = "activation", values=None
     langs = tuple(langs)
     if not langs or any(lang not in _LANG_NAME for lang in langs):
         raise DataError(f"langs must be a subset of ('zh', 'en'), got {langs!r}")
+    for name, v in (("per_value", per_value), ("batch_size", batch_size), ("max_attempts", max_attempts),
+                    ("topics_per_value", topics_per_value)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise DataError(f"{name} (CLI --{name.replace('_', '-')}) must be an integer >= 1, got {v!r}")
     prefix = id_prefix or f"gen-{KIND_PREFIX[kind]}"
     out_path = Path(out_path)
     width = max(3, len(str(per_value - 1)))
     report = GenerationReport()
 
+    if out_path.exists() and out_path.is_dir():
+        raise DataError(f"{out_path}: is a directory; expected the output .jsonl file")
+    owned = _owned_ids(out_path)
+    if out_path.exists() and owned is None and out_path.stat().st_size > 0 and not append:
+        raise DataError(f"{out_path}: exists and was not written by `data generate` (no {sidecar_path(out_path).name}); "
+                        "pass --append (append=True) to add generated records to it (its records are never changed)")
+    foreign = owned is None and out_path.exists() and out_path.stat().st_size > 0
+    owned = set(owned or ())
     existing = []
     if out_path.exists():
-        _repair_last_line(out_path)
+        _repair_last_line(out_path, owned_file=not foreign)
         res = read_records(out_path, lenient=True)
         for p in res.problems:
-            log.warning("existing output: %s (left as is; its pair is regenerated if it is one of ours)", p)
-        existing = _drop_partial_pairs(res.records, out_path)
+            log.warning("existing output: %s (left as is)", p)
+        existing = _drop_partial_pairs(res.records, out_path, owned)
+        _write_sidecar(out_path, owned)
     have: dict[str, set] = {}
     seen_stories = set()
     topics_seen: dict[str, list[dict]] = {}
     for r in existing:
-        have.setdefault(r.pair_id, set()).add(r.lang)
+        # a pair we do not own is never regenerated (its ids would collide with records we keep)
+        have.setdefault(r.pair_id, set()).update({r.lang} if r.id in owned else set(langs) | {r.lang})
         seen_stories.add(_norm(r.scenario))
     by_pair: dict[str, dict] = {}
     for r in existing:
@@ -218,7 +239,10 @@ def generate_records(backend, out_path, *, kind: str = "activation", values=None
                 log.warning("generation failed for %s: %s", it.pair_id, it.error)
             else:
                 records += recs
-        append_jsonl(records, out_path)
+        if records:  # ownership first: a crash between the two never leaves our records unowned
+            owned.update(r.id for r in records)
+            _write_sidecar(out_path, owned)
+            append_jsonl(records, out_path)
         report.written += len(records)
         done += len(chunk)
         if progress:
@@ -246,24 +270,69 @@ def _topics(backend, value, langs, conflicts, k, seen, max_attempts):
     return None
 
 
-def _drop_partial_pairs(records, path: Path) -> list:
-    """A pair with one language written (a run killed between its two lines) is regenerated
-    whole: its lone record is removed from the file so the ids stay unique."""
+def sidecar_path(path) -> Path:
+    """``<out>.generated.json``: the ids `generate_records` wrote into `path` (its ownership record)."""
+    path = Path(path)
+    return path.with_name(path.name + ".generated.json")
+
+
+def _owned_ids(path: Path) -> set | None:
+    """Ids listed in the sidecar, or None when there is none (the file is not ours)."""
+    side = sidecar_path(path)
+    if not side.exists():
+        return None
+    try:
+        obj = json.loads(side.read_text(encoding="utf-8"))
+        ids = obj["ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError("ids must be a list of strings")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{side}: unreadable ownership record of `data generate` ({e}); "
+                        "delete it only if no generated records are in the output") from None
+    return set(ids)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_sidecar(path: Path, owned: set) -> None:
+    _atomic_write(sidecar_path(path), json.dumps({"format": 1, "ids": sorted(owned)}, indent=0).encode("utf-8"))
+
+
+def _drop_partial_pairs(records, path: Path, owned: set) -> list:
+    """A pair of ours with one language written (a run killed between its two lines) is
+    regenerated whole: its lone record is removed from the file so the ids stay unique. Only
+    records listed in the sidecar (`owned`) are ever removed; every other line stays byte for byte."""
     langs: dict[str, set] = {}
     for r in records:
         langs.setdefault(r.pair_id, set()).add(r.lang)
     all_langs = set().union(*langs.values()) if langs else set()
-    partial = {p for p, ls in langs.items() if ls != all_langs}
-    if not partial:
+    foreign_pairs = {r.pair_id for r in records if r.id not in owned}
+    drop = {r.id for r in records if langs[r.pair_id] != all_langs and r.pair_id not in foreign_pairs}
+    if not drop:
         return records
-    log.warning("%s: removing %d incomplete pair(s) to regenerate them: %s", path, len(partial), sorted(partial)[:5])
-    kept = [r for r in records if r.pair_id not in partial]
-    write_jsonl(kept, path)
-    return kept
+    log.warning("%s: removing %d record(s) of incomplete generated pair(s) to regenerate them: %s",
+                path, len(drop), sorted(drop)[:5])
+    kept_lines = []
+    for line in path.read_bytes().splitlines(keepends=True):
+        try:
+            rid = json.loads(line.decode("utf-8")).get("id")
+        except (ValueError, AttributeError):
+            rid = None
+        if rid not in drop:
+            kept_lines.append(line)
+    _atomic_write(path, b"".join(kept_lines))
+    owned.difference_update(drop)
+    return [r for r in records if r.id not in drop]
 
 
-def _repair_last_line(path: Path) -> None:
-    """An interrupted run can leave a partial last line: drop it if it is not JSON, else end it."""
+def _repair_last_line(path: Path, owned_file: bool = True) -> None:
+    """An interrupted run can leave a partial last line: drop it if it is not JSON, else end it.
+    In a file we do not own a broken last line is refused, never dropped."""
     data = path.read_bytes()
     if not data or data.endswith(b"\n"):
         return
@@ -271,8 +340,12 @@ def _repair_last_line(path: Path) -> None:
     try:
         json.loads(last.decode("utf-8"))
     except ValueError:
+        if not owned_file:
+            line_no = data.count(b"\n") + 1
+            raise DataError(f"{path} line {line_no}: incomplete last line (not JSON) in a file "
+                            "`data generate` did not write; fix or remove it, then rerun") from None
         log.warning("%s: dropping a partial last line left by an interrupted run", path)
-        path.write_bytes(head + b"\n" if head else b"")
+        _atomic_write(path, head + b"\n" if head else b"")
     else:
         path.write_bytes(data + b"\n")
 

@@ -419,6 +419,14 @@ def read_items(source, format: str | None = None, columns=None, defaults=None, s
         reader = {"csv": read_csv, "parquet": read_parquet}.get(fmt)
         rows = reader(path) if reader else read_xlsx(path, sheets=sheets)
         items, problems = map_columns(rows, columns, defaults), []
+        from jaxvalues.data.validate import column_problem
+
+        cp = column_problem(str(path), rows, items, columns)
+        problems += [cp] if cp else []
+    if not items and not problems:
+        from jaxvalues.data.validate import empty_problem
+
+        problems = [empty_problem(str(path))]
     return items, problems, [str(path)]
 
 

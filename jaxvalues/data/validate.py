@@ -200,6 +200,37 @@ def check_collection(items: list[tuple[Record, str]]) -> tuple[list[bool], list[
     return keep, problems
 
 
+def empty_problem(source: str) -> Problem:
+    """A file with no records at all (not even bad ones)."""
+    return Problem(str(source), "no records", rows=0)
+
+
+def column_problem(source: str, raw_rows, items, columns=None) -> Problem | None:
+    """Tabular columns that map to no field, when rows then lack required fields: name them and
+    suggest `--map Column=field` (extra columns next to a complete set of fields are fine)."""
+    columns = {str(k).strip().lower() for k in (columns or {})}
+    seen: list[str] = []
+    for raw, _ in raw_rows:
+        for key in raw:
+            k = str(key).strip()
+            if k and k.lower() not in FIELD_ORDER and k.lower() not in columns and k not in seen:
+                seen.append(k)
+    if not seen:
+        return None
+    incomplete = False
+    for row, _ in items:
+        kind = str(row.get("kind") or "").strip().lower()
+        need = REQUIRED.get(kind, ("kind",))
+        if any(row.get(f) in (None, "") for f in need):
+            incomplete = True
+            break
+    if not incomplete:
+        return None
+    shown = ", ".join(repr(c) for c in seen[:8]) + (f" (+{len(seen) - 8} more)" if len(seen) > 8 else "")
+    return Problem(str(source), f"unrecognised column(s) {shown} were ignored; map each to a record field with "
+                   f"--map Column=field (e.g. --map {seen[0]}=scenario; fields: {', '.join(FIELD_ORDER)})", rows=0)
+
+
 def format_problems(problems: list[Problem], limit: int = MAX_LISTED) -> str:
     lines = [f"  {p}" for p in problems[:limit]]
     if len(problems) > limit:

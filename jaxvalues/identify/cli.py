@@ -51,6 +51,62 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_identify)
 
 
+def _check_args(args):
+    """Refuse bad numbers and an unusable --out before any work (loading, statistics, training)."""
+    from pathlib import Path
+
+    from jaxvalues.errors import ConfigError
+
+    for name in ("top_k", "steps", "batch_size", "max_records"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    for flag, v in (("--filter-rate", args.filter_rate), ("--bar-ratio", args.bar_ratio)):
+        if not 0 < v <= 1:
+            raise ConfigError(f"{flag} must be in (0, 1], got {v}")
+    if not args.l1 >= 0:
+        raise ConfigError(f"--l1 must be >= 0, got {args.l1}")
+    if args.min_ratio is not None and not 0 <= args.min_ratio <= 1:
+        raise ConfigError(f"--min-ratio must be in [0, 1], got {args.min_ratio}")
+    if not 0 < args.top_rate <= 1:
+        raise ConfigError(f"--top-rate must be in (0, 1], got {args.top_rate}")
+    out = Path(args.out).expanduser()
+    if str(args.out).endswith(("/", "\\")) or out.is_dir():
+        raise ConfigError(f"--out {args.out}: is a directory; expected a NeuronSet file path such as {out / 'neurons.parquet'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {args.out}: {parent} is a file, not a directory")
+            import os
+
+            if not os.access(parent, os.W_OK):
+                raise ConfigError(f"--out {args.out}: directory {parent} is not writable")
+            break
+
+
+def _save(ns, out) -> "Path":
+    """Atomic save (tmp + rename); if that fails, save beside the working directory and say where."""
+    import os
+    from pathlib import Path
+
+    from jaxvalues.errors import JaxValuesError
+
+    out = Path(out).expanduser()
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        ns.save(tmp)
+        os.replace(tmp, out)
+        return out
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        fallback = Path.cwd() / f"identify-{os.getpid()}-{out.name or 'neurons.parquet'}"
+        try:
+            ns.save(fallback)
+        except OSError:
+            raise JaxValuesError(f"--out {out}: could not write ({e.strerror or e}); the neurons could not be saved anywhere") from None
+        raise JaxValuesError(f"--out {out}: could not write ({e.strerror or e}); the neurons were saved to {fallback}") from None
+
+
 def _values(args):
     return [v.strip() for v in args.values.split(",")] if args.values else None
 
@@ -114,20 +170,31 @@ def run(args: argparse.Namespace):
                     "mean_logodds": float(res.logodds.mean())}
     from jaxvalues.identify.mask import learn_masks_records
 
-    ns, rep = learn_masks_records(lm, records, _values(args), steps=args.steps or 200, l1=args.l1)
+    ns, rep = learn_masks_records(lm, records, _values(args), steps=args.steps or 200, l1=args.l1,
+                                  batch_size=args.batch_size)
     if args.top_k:
         ns = ns.filter(top=args.top_k)
     return ns, rep
 
 
+def _no_data(report) -> list[str]:
+    """Values a method report says had no activation data / evaluation rows."""
+    if not isinstance(report, dict):
+        return []
+    out = [str(v) for v in report.get("no_data", []) or []]
+    out += [str(k) for k, v in report.items() if isinstance(v, dict) and "skipped" in v]
+    return out
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
+    _check_args(args)
     ns, report = run(args)
     split = getattr(args, "_split", None)
     if split is not None:  # evaluation dilemmas the method trained on: `evaluate` leaves them out
         ns.info["split"] = split
         report = {**(report or {}), "split": {k: (len(v) if isinstance(v, list) and k.endswith("ids") else v)
                                               for k, v in split.items()}}
-    path = ns.save(args.out)
+    path = _save(ns, args.out)
     hist = {v: h.tolist() for v, h in ns.layer_histogram().items()}
     values, overlap = ns.overlap()
     info = {"out": str(path.resolve()), "method": args.method, "rows": len(ns), "counts": ns.counts(),
@@ -147,8 +214,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
         t.add_row(v, str(info["counts"][v]), " ".join(str(x) for x in hist[v]))
     con = Console()
     con.print(t)
+    missing = _no_data(report)
+    if missing:
+        con.print(f"[yellow]no activation data / tokens for value(s): {', '.join(missing)} (nothing selected for them)[/]")
     if not len(ns):
-        con.print("[yellow]no neurons selected[/]")
+        con.print("[yellow]no neurons selected[/]" + (f" (no data for {', '.join(missing)})" if missing else ""))
     return 0
 
 

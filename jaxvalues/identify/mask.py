@@ -48,35 +48,76 @@ def _rows(ids, mask, labels, multiple=32):
     return jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(labels)
 
 
+def _chunks(rows, batch_size: int | None):
+    """[P, ...] rows -> ([n, b, ...] rows, weights [n, b], P): padded with weight-0 copies of row 0."""
+    ids, mask, labels = rows
+    P = int(ids.shape[0])
+    b = P if not batch_size else max(1, min(int(batch_size), P))
+    n = -(-P // b)
+    pad = n * b - P
+    w = jnp.concatenate([jnp.ones((P,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
+
+    def padded(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
+        return a.reshape(n, b, *a.shape[1:])
+
+    return (padded(ids), padded(mask), padded(labels)), w.reshape(n, b), P
+
+
 def learn_mask(lm, ids, mask, labels, *, value: str = "value", retain=None, l1: float = 1e-3,
                retain_weight: float = 1.0, target: float = 0.0, steps: int = 200, lr: float = 0.1,
-               init: float = 5.0, threshold: float = 0.5) -> MaskResult:
-    """Train the gate on rows (ids/mask [P, S], labels [P, 2]); retain = (ids, mask, labels) or None."""
+               init: float = 5.0, threshold: float = 0.5, batch_size: int | None = None) -> MaskResult:
+    """Train the gate on rows (ids/mask [P, S], labels [P, 2]); retain = (ids, mask, labels) or None.
+
+    batch_size: rows per forward pass (the gradient is still over all rows, summed chunk by chunk,
+    so it bounds memory without changing the result); None: all rows at once."""
     import optax
 
     from jaxvalues.models.intervention import Intervention
 
     if steps < 1 or lr <= 0 or l1 < 0:
         raise ConfigError("learn_mask: steps >= 1, lr > 0 and l1 >= 0 are required")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ConfigError(f"learn_mask: batch_size must be >= 1, got {batch_size}")
     cfg = lm.config
     L, N = cfg.num_layers, cfg.num_neurons
     gd, state = lm.graphdef, lm.state
-    main = _rows(ids, mask, labels)
-    ret = _rows(*retain) if retain is not None else None
+    main_rows = _rows(ids, mask, labels)
+    main, main_w, P_main = _chunks(main_rows, batch_size)
+    main_rows_n = int(main_rows[0].shape[0])
+    if retain is not None:
+        ret, ret_w, P_ret = _chunks(_rows(*retain), batch_size)
+    else:
+        ret = None
     add = jnp.zeros((L, N), jnp.float32)
     ones = jnp.ones((L, N), jnp.float32)
-    score = jax.jit(lambda m, a, r: choice_logodds(gd, state, *r[:2], m, a, r[2]))
+
+    def _scores(m, a, r):  # [n, b] log-odds, chunk by chunk
+        return jax.lax.map(lambda c: choice_logodds(gd, state, c[0], c[1], m, a, c[2]), r)
+
+    score = jax.jit(_scores)
     s0_main = score(ones, add, main)
     s0_ret = score(ones, add, ret) if ret is not None else None
 
+    def _sq(g, r, w, ref, total):
+        def body(acc, c):
+            cids, cmask, clab, cw, cref = c
+            s = choice_logodds(gd, state, cids, cmask, g, add, clab)
+            return acc + jnp.sum(cw * jnp.square(s - cref)), None
+
+        acc, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (*r, w, ref))
+        return acc / total
+
     def loss_fn(theta):
         g = jax.nn.sigmoid(theta)
-        s = choice_logodds(gd, state, main[0], main[1], g, add, main[2])
-        loss = jnp.mean(jnp.square(s - target)) + l1 * jnp.sum(1.0 - g)
+        loss = _sq(g, main, main_w, jnp.full(main_w.shape, target, jnp.float32), P_main) + l1 * jnp.sum(1.0 - g)
         if ret is not None:
-            sr = choice_logodds(gd, state, ret[0], ret[1], g, add, ret[2])
-            loss = loss + retain_weight * jnp.mean(jnp.square(sr - s0_ret))
+            loss = loss + retain_weight * _sq(g, ret, ret_w, s0_ret, P_ret)
         return loss
+
+    def wmean(s, w):
+        return jnp.sum(s * w) / jnp.sum(w)
 
     opt = optax.adam(lr)
 
@@ -97,14 +138,14 @@ def learn_mask(lm, ids, mask, labels, *, value: str = "value", retain=None, l1: 
     chosen = res.to_neuronset(threshold)
     m_hard, a_hard = (jnp.asarray(a) for a in Intervention.zero(chosen.neurons()).arrays(L, N))
     res.report = {
-        "value": value, "steps": steps, "l1": l1, "lr": lr, "threshold": threshold, "rows": int(main[0].shape[0]),
-        "neurons": len(chosen), "final_loss": losses[-1],
-        "logodds_before": float(jnp.mean(s0_main)),
-        "logodds_soft": float(jnp.mean(score(jnp.asarray(gates), add, main))),
-        "logodds_zeroed": float(jnp.mean(score(m_hard, a_hard, main))),
+        "value": value, "steps": steps, "l1": l1, "lr": lr, "threshold": threshold, "rows": main_rows_n,
+        "batch_size": int(main_w.shape[1]), "neurons": len(chosen), "final_loss": losses[-1],
+        "logodds_before": float(wmean(s0_main, main_w)),
+        "logodds_soft": float(wmean(score(jnp.asarray(gates), add, main), main_w)),
+        "logodds_zeroed": float(wmean(score(m_hard, a_hard, main), main_w)),
     }
     if ret is not None:
-        res.report["retain_shift_zeroed"] = float(jnp.mean(jnp.abs(score(m_hard, a_hard, ret) - s0_ret)))
+        res.report["retain_shift_zeroed"] = float(wmean(jnp.abs(score(m_hard, a_hard, ret) - s0_ret), ret_w))
     return res
 
 

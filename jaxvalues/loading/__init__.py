@@ -21,16 +21,26 @@ from jaxvalues.models.config import ModelConfig
 from jaxvalues.models.decoder import Decoder
 from jaxvalues.models.lm import LanguageModel
 
-_DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
-           "float16": jnp.float16}
+_DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
 
 
 def _dtype(dtype):
+    """(name, jnp dtype) for the compute dtype: float32 or bfloat16, as a string or a numpy/jax dtype.
+
+    Any other dtype is refused: the decoder computes in float32 or bfloat16 only, so accepting e.g.
+    float64 would report one dtype and compute in another."""
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise JaxValuesError(f"dtype {dtype!r} is not supported (use float32 or bfloat16)")
-        return dtype, _DTYPES[dtype]
-    return jnp.dtype(dtype).name, dtype
+            raise JaxValuesError(f"load_model: dtype {dtype!r} is not supported (use 'float32' or 'bfloat16')")
+        name = "float32" if _DTYPES[dtype] is jnp.float32 else "bfloat16"
+        return name, _DTYPES[dtype]
+    try:
+        name = jnp.dtype(dtype).name
+    except TypeError:
+        raise JaxValuesError(f"load_model: dtype {dtype!r} is not a dtype (use 'float32' or 'bfloat16')") from None
+    if name not in ("float32", "bfloat16"):
+        raise JaxValuesError(f"load_model: dtype {name} is not supported (use float32 or bfloat16)")
+    return name, _DTYPES[name]
 
 
 def build_from_checkpoint(cfg: ModelConfig, checkpoint, dtype, source: str, tokenizer=None, info=None):
@@ -56,7 +66,7 @@ def load_hf_dir(path: str | Path, dtype="float32", tokenizer=True) -> LanguageMo
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_file}: invalid JSON ({e})") from None
     hf_cfg = _hf_config(raw, cfg_file)
-    cfg = ModelConfig.from_hf(hf_cfg, name=d.name)
+    cfg = ModelConfig.from_hf(hf_cfg, name=d.name, source=str(cfg_file))
     tok = load_tokenizer(d) if tokenizer else None
     return build_from_checkpoint(cfg, SafetensorsCheckpoint(d), dtype, str(d), tok)
 
@@ -122,6 +132,7 @@ def load_tokenizer(d: Path):
 
 def load_model(source: str | Path, dtype="float32", **kw) -> LanguageModel:
     """Load a model from a HF directory, a .gguf file, a packaged name or a hub id."""
+    _dtype(dtype)  # refuse an unsupported dtype before any loading
     s = str(source)
     p = Path(s).expanduser()
     if p.is_dir():

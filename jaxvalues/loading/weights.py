@@ -126,8 +126,15 @@ def fill_state(graphdef, abstract_state, cfg: ModelConfig, checkpoint, dtype, so
 
     values: dict[tuple, jax.Array] = {}
     shape_errors = []
+    nonfinite = []
     for key, targets in table.items():
         raw = checkpoint.get(key)
+        raw_np = np.asarray(raw)
+        if raw_np.dtype.kind in "fc" or raw_np.dtype.name == "bfloat16":
+            bad = int(raw_np.size - np.count_nonzero(np.isfinite(raw_np.astype(np.float32, copy=False))))
+            if bad:
+                nonfinite.append(f"{key} ({bad} of {raw_np.size} values)")
+                continue
         for path, fn in targets:
             want = flat[path].get_value() if hasattr(flat[path], "get_value") else flat[path].value
             arr = np.asarray(fn(raw))
@@ -136,6 +143,9 @@ def fill_state(graphdef, abstract_state, cfg: ModelConfig, checkpoint, dtype, so
                 shape_errors.append(f"{key}: shape {tuple(raw.shape)}, expected {expect}")
                 continue
             values[path] = jnp.asarray(arr, dtype=dtype)
+    if nonfinite:
+        raise CheckpointError(f"{source}: tensor(s) with NaN or inf values: " + "; ".join(nonfinite[:8])
+                              + (f" (+{len(nonfinite) - 8} more)" if len(nonfinite) > 8 else ""))
     if shape_errors:
         raise CheckpointError(f"{source}: wrong tensor shape(s): " + "; ".join(shape_errors[:8]))
     unfilled = [p for p in flat if p not in values]

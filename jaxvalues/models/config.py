@@ -119,8 +119,14 @@ class ModelConfig:
         return cls(**d)
 
     @classmethod
-    def from_hf(cls, hf: Any, name: str = "") -> "ModelConfig":
-        return _from_hf(hf, name)
+    def from_hf(cls, hf: Any, name: str = "", source: str = "") -> "ModelConfig":
+        """source: the file the config came from (e.g. .../config.json), named in every error."""
+        try:
+            return _from_hf(hf, name)
+        except ConfigError as e:
+            if source and not str(e).startswith(str(source)):
+                raise ConfigError(f"{source}: {e}") from None
+            raise
 
 
 # ---------------------------------------------------------------------------------------------

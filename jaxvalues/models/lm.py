@@ -67,12 +67,16 @@ class LanguageModel:
                 logits: bool = True) -> ForwardOutput:
         """input_ids [B, S]; attention_mask [B, S] (1 = token; default all ones);
         intervention: None | Intervention | list of B Interventions | (mult, add) arrays."""
-        ids = jnp.asarray(input_ids, jnp.int32)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2:
-            raise JaxValuesError(f"input_ids must be [batch, seq], got shape {tuple(ids.shape)}")
-        mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32).reshape(ids.shape)
+        ids = _check_ids(input_ids, self.config.vocab_size)
+        if attention_mask is None:
+            mask = jnp.ones_like(ids)
+        else:
+            m = attention_mask if isinstance(attention_mask, jax.Array) else _host_int(attention_mask, "attention_mask")
+            if m.ndim == 1 and ids.shape[0] == 1:
+                m = m[None]
+            if tuple(m.shape) != tuple(ids.shape):
+                raise JaxValuesError(f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got {tuple(m.shape)}")
+            mask = jnp.asarray(m, jnp.int32)
         mult, add = self.intervention_arrays(intervention)
         if mult.ndim == 3 and mult.shape[1] != ids.shape[0]:
             raise JaxValuesError(f"{mult.shape[1]} interventions for a batch of {ids.shape[0]} sequences")
@@ -120,16 +124,24 @@ class LanguageModel:
         (1.0 = off) over the prompt's real tokens and the generated ones."""
         from jaxvalues.models.generate import generate_ids
 
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise JaxValuesError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+
         if isinstance(prompts_or_ids, str):
             prompts_or_ids = [prompts_or_ids]
         texts = isinstance(prompts_or_ids, (list, tuple)) and prompts_or_ids and isinstance(prompts_or_ids[0], str)
         if texts:
             ids, mask = self.encode(list(prompts_or_ids))
         else:
-            ids = np.asarray(prompts_or_ids, np.int32)
-            if ids.ndim == 1:
-                ids = ids[None]
-            mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+            ids = np.asarray(_check_ids(prompts_or_ids, self.config.vocab_size))
+            if attention_mask is None:
+                mask = np.ones_like(ids)
+            else:
+                mask = _host_int(attention_mask, "attention_mask")
+                mask = mask[None] if mask.ndim == 1 and ids.shape[0] == 1 else mask
+                if mask.shape != ids.shape:
+                    raise JaxValuesError(f"attention_mask must have the shape of input_ids {ids.shape}, got {mask.shape}")
+                mask = mask.astype(np.int32)
         mult, add = self.intervention_arrays(intervention)
         new = generate_ids(self, ids, mask, max_new_tokens, mult, add, do_sample=do_sample, temperature=temperature,
                            top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
@@ -148,6 +160,39 @@ class LanguageModel:
                 toks.append(t)
             out.append(self.tokenizer.decode(toks, skip_special_tokens=True))
         return out
+
+
+def _host_int(x, name: str) -> np.ndarray:
+    """A NumPy integer array from a list / NumPy array, refusing non-integer values."""
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError):
+        raise JaxValuesError(f"{name} must be an integer array [batch, seq], got {type(x).__name__}") from None
+    if a.dtype == object or not (a.dtype.kind in "iub" or a.size == 0):
+        if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+            return a.astype(np.int64)
+        raise JaxValuesError(f"{name} must hold integers, got dtype {a.dtype}")
+    return a.astype(np.int64) if a.dtype.kind != "b" else a.astype(np.int64)
+
+
+def _check_ids(input_ids, vocab_size: int):
+    """input_ids -> int32 [B, S] jax array; refuses wrong rank/dtype and ids outside 0..vocab-1."""
+    if isinstance(input_ids, jax.Array):
+        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+            raise JaxValuesError(f"input_ids must hold integers, got dtype {input_ids.dtype}")
+        ids = input_ids
+    else:
+        ids = _host_int(input_ids, "input_ids")
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise JaxValuesError(f"input_ids must be [batch, seq] with seq >= 1, got shape {tuple(ids.shape)}")
+    if ids.size:
+        lo, hi = (int(ids.min()), int(ids.max())) if isinstance(ids, np.ndarray) else (int(jnp.min(ids)), int(jnp.max(ids)))
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise JaxValuesError(f"input_ids: token id {bad} is outside the vocabulary 0..{vocab_size - 1}")
+    return jnp.asarray(ids, jnp.int32)
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, side: str = "left", length: int | None = None):

@@ -126,6 +126,9 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
 
     h_collect = stage_hash(cfg, "collect")
     halves = split_halves(acts, seed=cfg["seed"]) if cfg["identify"]["stability"] else None
+    if halves and not (halves[0] and halves[1]):  # fewer than 2 pairs per value: no halves to compare
+        _say(console, "identify: split-half stability needs ≥ 2 activation pairs per value; skipped")
+        halves = None
     stat_dirs = ["half_a", "half_b"] if halves else ["all"]
     if rd.done("collect", h_collect) and all((rd.path / "stats" / d / "summary.json").exists() for d in stat_dirs):
         _say(console, "collect: [green]done[/green] (resumed)")

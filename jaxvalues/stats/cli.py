@@ -47,8 +47,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from jaxvalues.errors import ConfigError
     from jaxvalues.stats.records import collect_records, interleave_by_value
 
-    if args.batch_size < 1 or (args.max_records is not None and args.max_records < 1):
-        raise ConfigError("--batch-size and --max-records must be >= 1")
+    from jaxvalues.stats.checkpoint import check_stats_out
+
+    for flag, v in (("--batch-size", args.batch_size), ("--max-records", args.max_records), ("--k", args.k),
+                    ("--max-tokens", args.max_tokens)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {v}")
+    check_stats_out(args.out)
     values = [v.strip() for v in args.values.split(",")] if args.values else None
     records = load_records(args.dataset if len(args.dataset) > 1 else args.dataset[0], kind="activation",
                            lang=args.lang, values=values)
@@ -79,9 +84,22 @@ def _cmd_persona(lm, records, args, chat) -> int:
 
 def save_and_report(stats, args: argparse.Namespace) -> int:
     """Write `stats` to args.out, then print its summary (JSON with --json, else a table)."""
+    import os
+    from pathlib import Path
+
+    from jaxvalues.errors import CheckpointError
     from jaxvalues.stats.checkpoint import save_stats, summary
 
-    out = save_stats(stats, args.out)
+    try:
+        out = save_stats(stats, args.out)
+    except (OSError, CheckpointError) as e:
+        # the statistics are computed: never lose them to an unwritable --out
+        fallback = Path.cwd() / f"jaxvalues-stats-{os.getpid()}"
+        try:
+            save_stats(stats, fallback)
+        except (OSError, CheckpointError):
+            raise CheckpointError(f"--out {args.out}: saving failed ({e}); the fallback {fallback} failed too") from None
+        raise CheckpointError(f"--out {args.out}: saving failed ({e}); the statistics were saved to {fallback}") from None
     info = summary(stats)
     info["out"] = str(out)
     if args.json:
