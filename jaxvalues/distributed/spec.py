@@ -6,7 +6,7 @@ its expansion into conditions, each with a content hash.
     dtype: float32
     data:        {activation: builtin, evaluation: builtin, max_activation_records: null,
                   max_evaluation_records: 100, activation_lang: null}
-    statistics:  {scheme: values, token_selection: rationale, k: 16, batch_size: 8,
+    statistics:  {scheme: values, token_selection: content, k: 16, batch_size: 8,
                   max_tokens: 65536, buckets: null, shard_size: 64}
     selection:   {filter_rate: 0.95, activation_bar_ratio: 0.95, contrast_metric: effect,
                   control_kind: rate_matched}
@@ -52,7 +52,7 @@ LANGS = ("zh", "en")
 DEFAULTS: dict[str, dict] = {
     "data": {"activation": "builtin", "evaluation": "builtin", "max_activation_records": None,
              "max_evaluation_records": 100, "activation_lang": None},
-    "statistics": {"scheme": "values", "token_selection": "rationale", "k": 16, "batch_size": 8,
+    "statistics": {"scheme": "values", "token_selection": "content", "k": 16, "batch_size": 8,
                    "max_tokens": 65536, "buckets": None, "shard_size": 64},
     "selection": {"filter_rate": 0.95, "activation_bar_ratio": 0.95, "contrast_metric": "effect",
                   "control_kind": "rate_matched"},

@@ -25,7 +25,7 @@ DEFAULTS: dict = {
     "languages": ["zh", "en"],
     "seed": 0,
     "out": None,
-    "collect": {"records_per_value": 30, "token_selection": "all", "last_k": 16, "batch_size": 8},
+    "collect": {"records_per_value": 30, "token_selection": "content", "last_k": 16, "batch_size": 8},
     "identify": {"method": "vape", "filter_rate": 0.95, "top_rate": 0.01, "activation_bar_ratio": 0.95,
                  "stability": True},
     "evaluate": {"values": "all", "dilemmas_per_value": 20, "mode": "zero", "gamma": None, "controls": 20,
@@ -35,7 +35,7 @@ DEFAULTS: dict = {
 CONTROL_KINDS = ("rate_matched", "layer")
 ALTERNATIVES = ("less", "greater", "two-sided")
 MODES = ("zero", "mean", "scale")
-SELECTIONS = ("all", "rationale", "last_k")
+SELECTIONS = ("content", "all", "rationale", "last_k")
 METHODS = ("vape",)
 
 

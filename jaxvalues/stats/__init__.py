@@ -1,8 +1,12 @@
 """Activation statistics: exact accumulators and streaming collection (reduced inside jit).
 
     from jaxvalues.stats import collect, collect_records, NeuronStats, save_stats, load_stats
-    stats = collect_records(lm, records, scheme="values", token_selection="rationale")
+    stats = collect_records(lm, records, scheme="values")  # token_selection="content" (default)
     stats.probs()   # [C, L, N] float64 = P(act > 0) per condition
+
+token_selection: "content" (default) counts the record's own text (story, action, rationale) and
+not the chat template, field labels or question; "all" every token; "rationale" the rationale
+(scheme "stance": the answer); "last_k" the last k tokens (jaxvalues.stats.batching).
 
 Names are imported lazily so that `jaxvalues --help` (which imports `jaxvalues.stats.cli`)
 does not import JAX.

@@ -3,9 +3,22 @@
 Conventions:
 - A `TokenizedExample` is one sequence: `ids` [S] int32, `condition` (index into the condition
   names given to `collect`), optional `mask` [S] bool marking a segment (e.g. the rationale
-  tokens) and an `id` for reports.
-- Token selection: "all" counts every token; "rationale" (alias "mask") counts the tokens of the
-  example's `mask`; "last_k" counts the last k tokens of the sequence.
+  tokens), optional `content` [S] bool marking the record's own text, and an `id` for reports.
+- Token selection (which tokens' activations are counted; padding never is):
+  - "content" (the default of `collect_records` and `jaxvalues collect`): the tokens of the
+    record's own text segments, i.e. for an activation record the story, the action and the
+    rationale (`CONTENT_SEGMENTS` in jaxvalues.stats.records). Not counted: the chat template
+    (BOS, role markers and other special tokens, any system prompt the template adds, the
+    generation prompt), the field labels "Situation: ", "My choice: ", "Reason: " (zh "情境：",
+    "我的选择：", "理由：") and the question "What would you do, and why?" ("你会怎么做？为什么？").
+    A token counts when its characters overlap a segment's character span (the offset-mapping
+    rule of `jaxvalues.data.prompts.token_masks`), so a token that merges a label's last
+    character with the text's first is counted. Needs `content` masks (fast tokenizer).
+  - "all": every token of the sequence, scaffolding included (identical across values: about a
+    quarter of the tokens of an activation text).
+  - "rationale" (alias "mask"): the tokens of the example's `mask`: for scheme "values" the
+    rationale, for scheme "stance" the answer (action + rationale); same overlap rule.
+  - "last_k": the last k tokens of the sequence, whatever they are.
 - Batches mix conditions: each row carries its own condition and reduces on device to its own
   [L, N] partial (never [C, L, N]); the host adds each row's partial to that row's condition.
   Examples are sorted by (bucket, length), so batches are full and rows similar in length; the
@@ -26,7 +39,8 @@ import numpy as np
 from jaxvalues.errors import ConfigError, JaxValuesError
 from jaxvalues.stats.accumulator import MAX_BATCH_TOKENS
 
-SELECTIONS = ("all", "rationale", "mask", "last_k")
+SELECTIONS = ("content", "all", "rationale", "mask", "last_k")
+MASKED_SELECTIONS = ("content", "rationale", "mask")  # selections that need token masks (offset mapping)
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class TokenizedExample:
     condition: int
     mask: np.ndarray | None = None  # [S] bool segment mask (rationale tokens), None = none given
     id: str = ""
+    content: np.ndarray | None = None  # [S] bool: the record's own text (not template/labels), None = none given
 
     def __len__(self):
         return int(len(self.ids))
@@ -60,11 +75,14 @@ def count_mask(ex: TokenizedExample, selection: str, k: int = 16) -> np.ndarray:
     n = len(ex)
     if selection == "all":
         return np.ones(n, bool)
-    if selection in ("rationale", "mask"):
-        if ex.mask is None:
-            raise JaxValuesError(f"token_selection={selection!r} needs a token mask per example; example "
+    if selection in MASKED_SELECTIONS:
+        content = selection == "content"
+        m = ex.content if content else ex.mask
+        if m is None:
+            what = "content mask (the record's own text)" if content else "token mask"
+            raise JaxValuesError(f"token_selection={selection!r} needs a {what} per example; example "
                                  f"{ex.id or '?'} has none")
-        m = np.asarray(ex.mask, bool)
+        m = np.asarray(m, bool)
         if m.shape != (n,):
             raise JaxValuesError(f"example {ex.id or '?'}: mask has shape {m.shape}, ids have ({n},)")
         return m

@@ -1,7 +1,7 @@
 """`jaxvalues collect`: stream an activation dataset through a model into a statistics directory.
 
     jaxvalues collect --model M --dataset D --out DIR [--scheme values|stance|persona]
-        [--token-selection all|rationale|last_k] [--k K] [--batch-size B] [--max-records R]
+        [--token-selection content|all|rationale|last_k] [--k K] [--batch-size B] [--max-records R]
         [--lang zh|en] [--values v1,v2] [--dtype float32|bfloat16] [--json]
 
 DIR is written with `save_stats` (orbax state + summary.json + summary.parquet). `--json` prints
@@ -28,7 +28,10 @@ def register(subparsers) -> None:
                         "model's own answers)")
     p.add_argument("--max-new-tokens", type=int, default=500, help="persona: answer length limit")
     p.add_argument("--answers", help="persona: answers JSONL (default: DIR.answers.jsonl beside --out)")
-    p.add_argument("--token-selection", choices=("all", "rationale", "last_k"), default="all")
+    p.add_argument("--token-selection", choices=("content", "all", "rationale", "last_k"), default="content",
+                   help="tokens counted: content = the record's story, action and rationale (default; no chat "
+                   "template, field labels or question); all = every token; rationale = the rationale "
+                   "(stance: the answer); last_k = the last K tokens; persona counts the generated answer")
     p.add_argument("--k", type=int, default=16, help="tokens counted per example with last_k")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=65536, help="max tokens per batch (rows × length)")

@@ -9,6 +9,9 @@ Condition schemes:
   action, with the violating action. The segment mask is the answer (action + rationale). The
   authors used the model's own generated answers; here the dataset's actions stand in for them.
 Every condition is listed even without data (the statistics then report it as having no data).
+Every example also carries a `content` mask: the tokens of the rendering's CONTENT_SEGMENTS (the
+record's own story, action and rationale; not the chat template, the field labels or the
+question), which token_selection="content" (the default) counts.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Sequence
 import numpy as np
 
 from jaxvalues.errors import ConfigError, JaxValuesError
-from jaxvalues.stats.batching import TokenizedExample
+from jaxvalues.stats.batching import MASKED_SELECTIONS, TokenizedExample
 
 SCHEMES = ("values", "stance")
+CONTENT_SEGMENTS = ("story", "action", "rationale")  # the record's own text in an activation rendering
 
 
 def condition_names(scheme: str = "values") -> tuple[str, ...]:
@@ -48,23 +52,30 @@ def interleave_by_value(records: Sequence, limit: int | None = None) -> list:
 
 
 def _encode(rendered, tokenizer, segments: Sequence[str] | None):
+    """-> (ids, mask of `segments`, content mask); both masks None when segments is None
+    (no offset mapping needed). A token belongs to a segment when its characters overlap it."""
     if segments is None:
         ids = tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]
-        return np.asarray(ids, np.int32), None
+        return np.asarray(ids, np.int32), None, None
     from jaxvalues.data.prompts import token_masks
 
     enc = token_masks(rendered, tokenizer)
-    mask = np.zeros(len(enc.input_ids), bool)
-    for seg in segments:
-        if seg in enc.masks:
-            mask |= enc.masks[seg]
-    return enc.input_ids, mask
+
+    def union(names):
+        m = np.zeros(len(enc.input_ids), bool)
+        for seg in names:
+            if seg in enc.masks:
+                m |= enc.masks[seg]
+        return m
+
+    return enc.input_ids, union(segments), union(CONTENT_SEGMENTS)
 
 
 def examples_from_records(records: Sequence, tokenizer, scheme: str = "values", *, masks: bool = True,
                           chat: bool | None = None) -> tuple[list[TokenizedExample], tuple[str, ...]]:
-    """Render and tokenize activation records. masks=False skips the offset mapping (when the
-    token selection is "all" or "last_k"). Returns (examples, condition names)."""
+    """Render and tokenize activation records. masks=False skips the offset mapping and leaves
+    `mask` and `content` None (enough when the token selection is "all" or "last_k").
+    Returns (examples, condition names)."""
     from jaxvalues.data.prompts import render_activation
     from jaxvalues.data.values import VALUE_IDS
 
@@ -81,27 +92,29 @@ def examples_from_records(records: Sequence, tokenizer, scheme: str = "values", 
             raise JaxValuesError(f"record {rec.id!r}: unknown value {rec.value!r}")
         if scheme == "values":
             r = render_activation(rec, tokenizer, chat=chat, action="aligned")
-            ids, m = _encode(r, tokenizer, ["rationale"] if masks else None)
-            out.append(TokenizedExample(ids, index[rec.value], m, rec.id))
+            ids, m, content = _encode(r, tokenizer, ["rationale"] if masks else None)
+            out.append(TokenizedExample(ids, index[rec.value], m, rec.id, content))
             continue
         for stance, action in (("support", "aligned"), ("conflict", "violating")):
             if action == "violating" and not getattr(rec, "violating_action", None):
                 continue
             r = render_activation(rec, tokenizer, chat=chat, action=action)
-            ids, m = _encode(r, tokenizer, ["action", "rationale"] if masks else None)
-            out.append(TokenizedExample(ids, index[f"{rec.value}-{stance}"], m, f"{rec.id}:{stance}"))
+            ids, m, content = _encode(r, tokenizer, ["action", "rationale"] if masks else None)
+            out.append(TokenizedExample(ids, index[f"{rec.value}-{stance}"], m, f"{rec.id}:{stance}", content))
     if not out:
         raise JaxValuesError("no activation records to collect from (the dataset is empty after filtering?)")
     return out, names
 
 
-def collect_records(lm, records: Sequence, *, scheme: str = "values", token_selection: str = "all", k: int = 16,
+def collect_records(lm, records: Sequence, *, scheme: str = "values", token_selection: str = "content", k: int = 16,
                     batch_size: int = 8, chat: bool | None = None, progress: bool = False, **kw):
-    """`collect` over activation records rendered with the model's tokenizer."""
+    """`collect` over activation records rendered with the model's tokenizer. token_selection:
+    "content" (default: story + action + rationale tokens, no template or labels), "all",
+    "rationale", "last_k" (see jaxvalues.stats.batching)."""
     from jaxvalues.stats.collect import collect
 
     examples, names = examples_from_records(records, lm.tokenizer, scheme,
-                                            masks=token_selection in ("rationale", "mask"), chat=chat)
+                                            masks=token_selection in MASKED_SELECTIONS, chat=chat)
     meta = {"scheme": scheme, "records": len(records)}
     return collect(lm, examples, names, token_selection=token_selection, k=k, batch_size=batch_size,
                    progress=progress, meta=meta, **kw)
