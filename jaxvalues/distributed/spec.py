@@ -239,9 +239,9 @@ def _check_settings(spec: "SweepSpec", w: str) -> None:
     if d["activation_lang"] is not None and d["activation_lang"] not in LANGS:
         raise ConfigError(f"{w}: data.activation_lang: expected null or one of {list(LANGS)}, "
                           f"got {d['activation_lang']!r}")
-    if st["token_selection"] not in ("all", "rationale", "mask", "last_k"):
-        raise ConfigError(f"{w}: statistics.token_selection: expected one of ['all', 'rationale', 'last_k'], "
-                          f"got {st['token_selection']!r}")
+    if st["token_selection"] not in ("content", "all", "rationale", "mask", "last_k"):
+        raise ConfigError(f"{w}: statistics.token_selection: expected one of ['content', 'all', 'rationale', "
+                          f"'last_k'], got {st['token_selection']!r}")
     for key in ("k", "batch_size", "max_tokens", "shard_size"):
         _positive_int(st[key], f"{w}: statistics.{key}")
     b = st["buckets"]
