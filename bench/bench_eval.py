@@ -254,7 +254,7 @@ Target: jaxvalues wall time ≤ 0.5 × the naive baseline's: **{ratio:.2f} — {
 The whole seed evaluation set ({full_rows} prompts × 13 conditions) scales linearly: about
 {med['jaxvalues'] * full_rows / rows_n / 60:.0f} min for jaxvalues{', ' + format(med[naive_key] * full_rows / rows_n / 60, '.0f') + ' min for the naive baseline' if naive_key in med else ''} on this machine.
 
-Target: one compilation per bucket shape, none per condition: **{dict(__import__('collections').Counter(f for f, _ in first_compiles)).get('jit(_label_logits)', 0)} compilations of the evaluation program for {len(shapes)} batch shape(s), {len(second_compiles)} for a second 13-condition run with new masks — {'met' if dict(__import__('collections').Counter(f for f, _ in first_compiles)).get('jit(_label_logits)', 0) <= len(shapes) and not second_compiles else 'MISSED'}**.
+Target: one compilation per bucket shape, none per condition: **{sum(1 for f, _ in first_compiles if f.endswith('label_logits)'))} compilations of the evaluation program for {len(shapes)} batch shape(s), {len(second_compiles)} for a second 13-condition run with new masks — {'met' if sum(1 for f, _ in first_compiles if f.endswith('label_logits)')) <= len(shapes) and not second_compiles else 'MISSED'}**.
 
 Compilations (XLA backend compiles, counted with jax.monitoring):
 - first 13-condition evaluation ({first_s:.1f} s): {len(first_compiles)} compilations
