@@ -39,6 +39,68 @@ def random_masks(cfg, k: int, frac: float, seed: int):
     return out
 
 
+def row_flops(cfg, plan, prompts) -> dict:
+    """Analytic forward FLOPs per scored row (2 per multiply-add, real tokens, dense attention over
+    the keys each query sees in the implementation; label rows of the head neglected), mean over rows:
+    unshared (every position of every layer), answer-only last layer, shared prefix + answer-only."""
+    import numpy as np
+
+    d, n, h, k, dh, l = (cfg.hidden_size, cfg.num_neurons, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                         cfg.num_layers)
+    mm = 2 * ((3 if cfg.gated_mlp else 2) * d * n + 2 * d * h * dh + 2 * d * k * dh)  # per token, layer
+    kv = 2 * 2 * d * k * dh  # k/v projections only
+    att = lambda t: 2 * 2 * h * dh * t  # noqa: E731  QK^T + PV of one query over t keys
+    s = prompts.lengths.astype(np.float64)
+    full = l * s * (mm + att(s))
+    answer = (l - 1) * s * (mm + att(s)) + s * kv + (mm - kv) + att(s)
+    shared = []
+    for dd in range(len(prompts.meta)):
+        rows = plan.slots[dd][plan.slots[dd] >= 0]
+        lp = float(plan.lp[dd])
+        pre = l * lp * (mm + att(lp)) / len(rows)
+        for r in rows:
+            ls = float(s[r] - lp)
+            t = lp + ls
+            shared.append(pre + (l - 1) * ls * (mm + att(t)) + ls * kv + (mm - kv) + att(t))
+    return {"unshared": float(full.mean()), "answer_only": float(answer.mean()), "shared": float(np.mean(shared)),
+            "mean_len": float(s.mean()), "mean_prefix": float(plan.lp.mean()),
+            "mean_suffix": float(np.mean([s[r] - plan.lp[dd] for dd in range(len(prompts.meta))
+                                          for r in plan.slots[dd] if r >= 0]))}
+
+
+def prefix_comparison(lm, prompts, conds, batch_size: int, reps: int, log=print) -> dict:
+    """Same rows, same process: full unshared scorer vs answer-only vs shared prefix + answer-only."""
+    import time
+
+    import numpy as np
+
+    from jaxvalues.evaluate.choice import ChoiceScorer, _PrefixPlan
+
+    variants = {"unshared": dict(share_prefix=False, answer_only=False),
+                "answer_only": dict(share_prefix=False, answer_only=True),
+                "shared": dict(share_prefix=True, answer_only=True)}
+    out, times, comp = {}, {k: [] for k in variants}, {}
+    scorers = {k: ChoiceScorer(lm, batch_size, **kw) for k, kw in variants.items()}
+    for k, sc in scorers.items():  # warm-up: compiles
+        c0 = sc._fn._cache_size() + sc._shared_fn._cache_size()
+        out[k] = sc.logits(prompts, conds)
+        comp[k] = sc._fn._cache_size() + sc._shared_fn._cache_size() - c0
+    for _ in range(reps):  # interleaved
+        for k, sc in scorers.items():
+            t = time.perf_counter()
+            sc.logits(prompts, conds)
+            times[k].append(time.perf_counter() - t)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    res = {"times": times, "median": med, "compilations": comp,
+           "ratio_shared": med["shared"] / med["unshared"], "ratio_answer_only": med["answer_only"] / med["unshared"],
+           "max_diff": {k: float(np.abs(out[k] - out["unshared"]).max()) for k in variants},
+           "flops": row_flops(lm.config, _PrefixPlan(prompts), prompts)}
+    log(f"prefix comparison: {res['median']} ratio shared/unshared {res['ratio_shared']:.3f}, "
+        f"answer-only/unshared {res['ratio_answer_only']:.3f}; max |diff| {res['max_diff']}; "
+        f"compilations {comp}; FLOPs/row {res['flops']}")
+    return res
+
+
 def main(argv=None):
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--dilemmas", type=int, default=2,
@@ -48,6 +110,8 @@ def main(argv=None):
     p.add_argument("--mask-frac", type=float, default=0.01)
     p.add_argument("--neurons", default=None, help="NeuronSet directory for the 12 value masks")
     p.add_argument("--no-naive", action="store_true")
+    p.add_argument("--prefix-only", action="store_true",
+                   help="only compare the scorer's paths (unshared / answer-only / shared prefix) on the same rows")
     args = C.finish_args(p.parse_args(argv))
     if args.quick:
         args.dilemmas = min(args.dilemmas, 2)
@@ -103,6 +167,21 @@ def main(argv=None):
     print(f"{len(recs)} dilemmas, {rows_n} prompts (both orders), {len(conds)} conditions: {seqs} sequences, "
           f"{tokens:,} tokens; jaxvalues batch shapes {sorted(shapes)}")
 
+    if args.prefix_only:
+        res = prefix_comparison(lm, prompts, conds, args.batch_size, args.reps)
+        fl = res["flops"]
+        rows_t = [[k, f"{res['median'][k]:.3f}", f"{res['median'][k] / res['median']['unshared']:.3f}",
+                   f"{fl[k] / 1e9:.2f}", f"{fl[k] / fl['unshared']:.3f}", res["compilations"][k],
+                   f"{res['max_diff'][k]:.1e}"] for k in ("unshared", "answer_only", "shared")]
+        body = (f"\nModel `{args.model}` (float32): {rows_n} prompts × {len(conds)} conditions, batch size "
+                f"{args.batch_size}, {args.reps} timed reps after a warm-up, interleaved, same process. "
+                f"Mean row {fl['mean_len']:.1f} tokens, shared prefix {fl['mean_prefix']:.1f}, "
+                f"suffix {fl['mean_suffix']:.1f}.\n\n"
+                + C.table(["ChoiceScorer path", "median s", "time / unshared", "GFLOPs / row", "FLOPs / unshared",
+                           "compilations", "max |logit diff|"], rows_t) + "\n")
+        C.write_section(args, "eval_prefix", "Choice scorer: shared prefix and answer-only last layer", body, info,
+                        res)
+        return
     tm = C.load_torch(args.model)
     scorer = ChoiceScorer(lm, batch_size=args.batch_size)
     out = {}
@@ -175,7 +254,7 @@ Target: jaxvalues wall time ≤ 0.5 × the naive baseline's: **{ratio:.2f} — {
 The whole seed evaluation set ({full_rows} prompts × 13 conditions) scales linearly: about
 {med['jaxvalues'] * full_rows / rows_n / 60:.0f} min for jaxvalues{', ' + format(med[naive_key] * full_rows / rows_n / 60, '.0f') + ' min for the naive baseline' if naive_key in med else ''} on this machine.
 
-Target: one compilation per bucket shape, none per condition: **{dict(__import__('collections').Counter(f for f, _ in first_compiles)).get('jit(_label_logits)', 0)} compilations of the evaluation program for {len(shapes)} batch shape(s), {len(second_compiles)} for a second 13-condition run with new masks — {'met' if dict(__import__('collections').Counter(f for f, _ in first_compiles)).get('jit(_label_logits)', 0) <= len(shapes) and not second_compiles else 'MISSED'}**.
+Target: one compilation per bucket shape, none per condition: **{sum(1 for f, _ in first_compiles if f.endswith('label_logits)'))} compilations of the evaluation program for {len(shapes)} batch shape(s), {len(second_compiles)} for a second 13-condition run with new masks — {'met' if sum(1 for f, _ in first_compiles if f.endswith('label_logits)')) <= len(shapes) and not second_compiles else 'MISSED'}**.
 
 Compilations (XLA backend compiles, counted with jax.monitoring):
 - first 13-condition evaluation ({first_s:.1f} s): {len(first_compiles)} compilations

@@ -100,3 +100,21 @@ def shard_model(lm, mesh: Mesh):
     lm.state = shard_state(lm.state, mesh)
     lm.mesh = mesh
     return lm
+
+
+def data_mesh(num_devices: int | None = None, devices=None) -> Mesh:
+    """A 1-D data-parallel mesh (`model` axis of size 1) over the first `num_devices` local devices."""
+    devices = list(devices if devices is not None else jax.local_devices())
+    return make_mesh(len(devices) if num_devices is None else num_devices, 1, devices)
+
+
+def place_state(state, mesh: Mesh):
+    """A copy of an nnx.State placed by the rules on `mesh` (the input is left as it is)."""
+    shardings = dict(state_shardings(state, mesh))
+    return nnx.from_flat_state([(path, var.replace(jax.device_put(var.get_value(), shardings[path])))
+                                for path, var in nnx.to_flat_state(state)])
+
+
+def place_batch(mesh: Mesh, x):
+    """[B, ...] host array -> device array with the batch over `data` (B must be a multiple of its size)."""
+    return jax.device_put(x, batch_sharding(mesh, np.ndim(x)))

@@ -145,7 +145,11 @@ def test_rows_mask_scores_only_the_marked_pairs(lm, prompts):
     rows[2, prompts.dilemma == 0] = True
     seen = []
     part = scorer.logits(prompts, conds, rows, on_batch=lambda: seen.append(1))
-    assert len(seen) == scorer.num_batches(prompts, 3, rows) == -(-int(rows.sum()) // 4)
+    assert len(seen) == scorer.num_batches(prompts, 3, rows)
+    # unshared: one batch per 4 pairs; shared prefix (default): per 2 (condition, dilemma) units
+    assert ChoiceScorer(lm, 4, share_prefix=False).num_batches(prompts, 3, rows) == -(-int(rows.sum()) // 4)
+    units = len({(c, int(prompts.dilemma[r])) for c, r in zip(*np.nonzero(rows))})
+    assert scorer.num_batches(prompts, 3, rows) == -(-units // 2)
     np.testing.assert_allclose(part[rows], full[rows], rtol=1e-5, atol=1e-6)
     assert np.isnan(part[~rows]).all()
     # unscored dilemmas come out NaN in the table, scored ones as in the full table
@@ -157,7 +161,7 @@ def test_rows_mask_scores_only_the_marked_pairs(lm, prompts):
 
 
 def test_no_recompilation_across_conditions(lm, prompts):
-    scorer = ChoiceScorer(lm, batch_size=3, seq_multiple=128)  # every toy prompt in one length bucket
+    scorer = ChoiceScorer(lm, batch_size=3, seq_multiple=128, share_prefix=False)  # one length bucket
     start = scorer.compilations()  # the program is shared by all scorers of this model
     scorer.logits(prompts, [None])
     before = scorer.compilations()

@@ -93,3 +93,22 @@ def flat_batches(lengths: np.ndarray, num_conditions: int, batch_size: int,
 def num_batches(num_pairs: int, batch_size: int) -> int:
     """Batches `flat_batches` yields for `num_pairs` visited (condition, prompt) pairs."""
     return -(-int(num_pairs) // int(batch_size))
+
+
+def common_prefix_lengths(ids: np.ndarray, mask: np.ndarray, group: np.ndarray, num_groups: int) -> np.ndarray:
+    """Left-padded rows [P, S] in groups (`group` [P] in 0..G-1) -> [G] shared-prefix length per group:
+    the longest common prefix of the group's real token sequences, at most its shortest row's
+    length − 1 (every row keeps at least its last token, the answer position, for its suffix)."""
+    lengths = mask.sum(1).astype(np.int64)
+    s = ids.shape[1]
+    out = np.zeros(num_groups, np.int64)
+    for g in range(num_groups):
+        members = np.flatnonzero(group == g)
+        if len(members) == 0:
+            continue
+        n = int(lengths[members].min())
+        seqs = np.stack([ids[r, s - lengths[r]: s - lengths[r] + n] for r in members])  # [m, n]
+        same = np.all(seqs == seqs[:1], axis=0)
+        lcp = int(np.argmin(same)) if not same.all() else n
+        out[g] = max(0, min(lcp, n - 1))
+    return out

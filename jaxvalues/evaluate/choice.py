@@ -29,10 +29,12 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxvalues.errors import ConfigError, JaxValuesError
 from jaxvalues.models.decoder import lm_apply, lm_logits
-from jaxvalues.evaluate.batching import ConditionBank, bucket, flat_batches, num_batches, round_up
+from jaxvalues.evaluate.batching import (ConditionBank, bucket, common_prefix_lengths, flat_batches, num_batches,
+                                         round_up)
 from jaxvalues.models.lm import pad_batch
 
 ORDER_NAMES = ("aligned_first", "aligned_second")
@@ -106,15 +108,23 @@ def build_choice_prompts(records, tokenizer, *, orders=ORDER_NAMES, chat: bool |
 # ---------------------------------------------------------------------------------- the program
 
 
-def _label_logits(graphdef, state, ids, mask, mult, add, vocab, idx, mass: bool = False):
+def _label_logits(graphdef, state, ids, mask, mult, add, vocab, idx, mass: bool = False, answer_only: bool = True):
     """ids/mask [B, S]; mult/add [L, B, N]; vocab [U] label token ids; idx [B, 2] into vocab.
     -> [B, 2] logits of (aligned, violating) at each row's last real token; with `mass` (static)
     [B, 3]: the third column is log Σ_vocab exp(logit) at that position (one full LM-head row per
     sequence, never at the other positions), so log P(label) = logit − column 3."""
-    hidden, _, _ = lm_apply(graphdef, state, ids, mask, mult, add)  # [B, S, D]
     s = ids.shape[1]
     last = s - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)  # works for left and right padding
+    if answer_only:  # static: the last layer at the answer position only
+        return _head(graphdef, state, lm_apply(graphdef, state, ids, mask, mult, add, answer=last)[0][:, 0],
+                     vocab, idx, mass)
+    hidden, _, _ = lm_apply(graphdef, state, ids, mask, mult, add)  # [B, S, D]
     h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, D]
+    return _head(graphdef, state, h, vocab, idx, mass)
+
+
+def _head(graphdef, state, h, vocab, idx, mass):
+    """h [B, D] answer-position hidden -> [B, 2] label logits (or [B, 3] with the log-sum-exp)."""
     if mass:
         full = lm_logits(graphdef, state, h).astype(jnp.float32)  # [B, V]
         lab = jnp.take_along_axis(full, vocab[idx], axis=1)  # [B, 2]
@@ -123,31 +133,144 @@ def _label_logits(graphdef, state, ids, mask, mult, add, vocab, idx, mass: bool 
     return jnp.take_along_axis(lg, idx, axis=1)  # [B, 2]
 
 
+def _shared_label_logits(graphdef, state, pids, pmask, sids, smask, mult, add, vocab, idx, mass: bool = False,
+                         answer_only: bool = True):
+    """Shared-prefix scoring. pids/pmask [B, Sp]: one left-padded prefix per (condition, dilemma)
+    unit; sids/smask [k·B, Ss]: the k suffixes of each unit (unit major), right-padded;
+    mult/add [L, B, N] per unit; idx [k·B, 2]. -> [k·B, 2] (or [k·B, 3] with `mass`) as
+    `_label_logits` gives for the whole rows prefix + suffix.
+
+    The prefix runs once with a KV cache of its own length; the cache is repeated k times and the
+    suffix attends to it (its left padding stays masked through `pmask`). Suffix positions continue
+    from the prefix's real length, so positions, masks and sliding windows equal the unshared row's."""
+    b, sp = pids.shape
+    k = sids.shape[0] // b
+    nl = len(mult)
+    cfg = nnx.merge(graphdef, state).cfg
+    zeros = jnp.zeros((b, sp, cfg.num_kv_heads, cfg.head_dim), jnp.float32)
+    cache0 = tuple((zeros, zeros) for _ in range(nl))
+    _, _, cache = lm_apply(graphdef, state, pids, pmask, mult, add, kv_cache=cache0, cache_index=0)
+    ss = sids.shape[1]
+    pad = jnp.zeros((k * b, ss, cfg.num_kv_heads, cfg.head_dim), jnp.float32)
+    cache = tuple((jnp.concatenate([jnp.repeat(ck, k, axis=0), pad], axis=1),
+                   jnp.concatenate([jnp.repeat(cv, k, axis=0), pad], axis=1)) for ck, cv in cache)
+    pmask_r = jnp.repeat(pmask, k, axis=0)
+    mask_buf = jnp.concatenate([pmask_r, smask], axis=1)  # [k·B, Sp + Ss]
+    plen = pmask_r.sum(1).astype(jnp.int32)
+    positions = plen[:, None] + jnp.maximum(jnp.cumsum(smask.astype(jnp.int32), axis=1) - 1, 0)
+    mult_r, add_r = jnp.repeat(mult, k, axis=1), jnp.repeat(add, k, axis=1)
+    last = jnp.maximum(smask.sum(1).astype(jnp.int32) - 1, 0)  # right-padded suffix: last real token
+    hidden, _, _ = lm_apply(graphdef, state, sids, mask_buf, mult_r, add_r, positions=positions, kv_cache=cache,
+                            cache_index=sp, answer=last if answer_only else None)
+    h = hidden[:, 0] if answer_only else jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [k·B, D]
+    return _head(graphdef, state, h, vocab, idx, mass)
+
+
 _PROGRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _program(lm):
-    fn = _PROGRAMS.get(lm)
-    if fn is None:
-        fn = _PROGRAMS[lm] = jax.jit(partial(_label_logits, lm.graphdef), static_argnames=("mass",))
-    return fn
+def _program(lm, shared: bool = False):
+    fns = _PROGRAMS.get(lm)
+    if fns is None:
+        fns = _PROGRAMS[lm] = (jax.jit(partial(_label_logits, lm.graphdef), static_argnames=("mass", "answer_only")),
+                               jax.jit(partial(_shared_label_logits, lm.graphdef),
+                                       static_argnames=("mass", "answer_only")))
+    return fns[1 if shared else 0]
+
+
+class _PrefixPlan:
+    """Host-side plan of the shared-prefix path for one ChoicePrompts: per dilemma its rows (k slots,
+    −1 = none), the shared-prefix length and its rows' suffix tokens."""
+
+    def __init__(self, prompts: "ChoicePrompts"):
+        d_n = len(prompts.meta)
+        self.lp = common_prefix_lengths(prompts.input_ids, prompts.attention_mask, prompts.dilemma, d_n)
+        per = [np.flatnonzero(prompts.dilemma == d) for d in range(d_n)]
+        self.k = max(1, max((len(r) for r in per), default=1))
+        self.slots = np.full((d_n, self.k), -1, np.int64)
+        for d, r in enumerate(per):
+            self.slots[d, :len(r)] = r
+        lengths = prompts.lengths.astype(np.int64)
+        s = prompts.input_ids.shape[1]
+        self.prefix = [prompts.input_ids[r[0], s - lengths[r[0]]: s - lengths[r[0]] + self.lp[d]] if len(r) else
+                       np.zeros(0, np.int32) for d, r in enumerate(per)]
+        self.suffix = {}
+        for d, r in enumerate(per):
+            for row in r:
+                self.suffix[int(row)] = prompts.input_ids[row, s - lengths[row] + self.lp[d]:]
+        self.slen = np.array([max((len(self.suffix[int(x)]) for x in r), default=0) for r in per], np.int64)
+        self.has_rows = np.array([len(r) > 0 for r in per])
+
+    def units(self, prompts, num_conditions: int, rows):
+        """bool [C, D]: the (condition, dilemma) units with at least one row to score."""
+        if rows is None:
+            return np.broadcast_to(self.has_rows, (num_conditions, len(self.has_rows))).copy()
+        rows = np.asarray(rows, bool)
+        if rows.shape != (num_conditions, prompts.num_rows):
+            raise JaxValuesError(f"rows mask must be [conditions, prompts] = [{num_conditions}, {prompts.num_rows}], "
+                                 f"got {list(rows.shape)}")
+        out = np.zeros((num_conditions, len(self.has_rows)), bool)
+        np.logical_or.at(out, (slice(None), prompts.dilemma), rows)
+        return out
+
+    def order_key(self) -> np.ndarray:
+        return self.lp * 1_000_000 + self.slen  # sort by prefix length, then suffix length
 
 
 class ChoiceScorer:
-    """Label logits for many (condition, prompt) rows with one compiled program per length bucket."""
+    """Label logits for many (condition, prompt) rows with one compiled program per length bucket.
 
-    def __init__(self, lm, batch_size: int = 16, seq_multiple: int = 32):
-        if batch_size < 1 or seq_multiple < 1:
-            raise ConfigError(f"batch_size and seq_multiple must be >= 1, got {batch_size}, {seq_multiple}")
+    share_prefix (default True): the rows of one dilemma (its option orders) share the KV cache
+    of their longest common token prefix, computed once per (condition, dilemma) unit; only the
+    suffixes are scored per row. Buckets: prefix length to `prefix_multiple`, suffix length to
+    `suffix_multiple`; `batch_size` counts scored rows (units per batch = batch_size // rows per
+    dilemma, at least 1). Label logits equal the unshared path (share_prefix=False) to float
+    rounding (tests/test_evaluate_prefix.py)."""
+
+    def __init__(self, lm, batch_size: int = 16, seq_multiple: int = 32, *, share_prefix: bool = True,
+                 prefix_multiple: int = 32, suffix_multiple: int = 16, mesh=None, answer_only: bool = True):
+        if batch_size < 1 or seq_multiple < 1 or prefix_multiple < 1 or suffix_multiple < 1:
+            raise ConfigError(f"batch_size and the length multiples must be >= 1, got {batch_size}, {seq_multiple}, "
+                              f"{prefix_multiple}, {suffix_multiple}")
         self.lm, self.batch_size, self.seq_multiple = lm, int(batch_size), int(seq_multiple)
+        self.share_prefix, self.answer_only = bool(share_prefix), bool(answer_only)
+        self.prefix_multiple, self.suffix_multiple = int(prefix_multiple), int(suffix_multiple)
         self._fn = _program(lm)
+        self._shared_fn = _program(lm, shared=True)
+        self._last_plan = None  # (prompts, plan) of the latest prompts scored
+        # data parallel over a mesh (e.g. jaxvalues.sharding.data_mesh()): batches over `data`,
+        # the batch (units per batch on the shared path) rounded up to a multiple of its size
+        self.mesh = mesh if mesh is not None else getattr(lm, "mesh", None)
+        self._ndev = 1 if self.mesh is None else int(self.mesh.shape["data"])
+        if self.mesh is None:
+            self._state = lm.state
+        elif getattr(lm, "mesh", None) is self.mesh:
+            self._state = lm.state
+        else:
+            from jaxvalues.sharding import place_state
+
+            self._state = place_state(lm.state, self.mesh)
+        self.batch_size = round_up(self.batch_size, self._ndev)
 
     def compilations(self) -> int:
-        """How many programs the jitted scorer has compiled (shared by all scorers of this model)."""
-        return int(self._fn._cache_size())
+        """How many programs the jitted scorer has compiled (shared by all scorers of this model;
+        both paths: the unshared one per (batch, length) bucket, the shared-prefix one per
+        (units, prefix bucket, suffix bucket))."""
+        return int(self._fn._cache_size()) + int(self._shared_fn._cache_size())
+
+    def _plan(self, prompts) -> _PrefixPlan:
+        if self._last_plan is None or self._last_plan[0] is not prompts:
+            self._last_plan = (prompts, _PrefixPlan(prompts))
+        return self._last_plan[1]
+
+    def _units_per_batch(self, plan) -> int:
+        return round_up(max(1, self.batch_size // plan.k), self._ndev)
 
     def num_batches(self, prompts: ChoicePrompts, num_conditions: int, rows: np.ndarray | None = None) -> int:
         """Batches `logits` will run for these prompts and conditions (for a shared progress bar)."""
+        if self.share_prefix:
+            plan = self._plan(prompts)
+            return num_batches(int(plan.units(prompts, num_conditions, rows).sum()), self._units_per_batch(plan))
         pairs = num_conditions * prompts.num_rows if rows is None else int(np.asarray(rows, bool).sum())
         return num_batches(pairs, self.batch_size)
 
@@ -168,15 +291,74 @@ class ChoiceScorer:
         vocab = np.concatenate([vocab, np.full(u - len(vocab), vocab[0])]).astype(np.int32)
         out = np.full((c_n, p_n, 3 if mass else 2), np.nan if rows is not None else 0.0, np.float32)
         vocab_j = jnp.asarray(vocab)
+        if self.share_prefix:
+            self._shared(prompts, bank, c_n, rows, on_batch, mass, vocab_j, inv, out)
+            return out
         for pi, ci, n in flat_batches(prompts.lengths, c_n, self.batch_size, rows):
             ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], self.seq_multiple)
             mult, add = bank.batch(ci)
-            res = self._fn(self.lm.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(mult), jnp.asarray(add),
-                           vocab_j, jnp.asarray(inv[pi]), mass=bool(mass))
+            res = self._fn(self._state, self._put(ids), self._put(mask), *self._put_iv(mult, add),
+                           vocab_j, self._put(inv[pi]), mass=bool(mass), answer_only=self.answer_only)
             out[ci[:n], pi[:n]] = np.asarray(res)[:n]
             if on_batch is not None:
                 on_batch()
         return out
+
+    def _put(self, x):
+        if self.mesh is None:
+            return jnp.asarray(x)
+        from jaxvalues.sharding import place_batch
+
+        return place_batch(self.mesh, np.asarray(x))
+
+    def _put_iv(self, mult, add):
+        if self.mesh is None:
+            return jnp.asarray(mult), jnp.asarray(add)
+        from jaxvalues.sharding import intervention_sharding
+
+        sh = intervention_sharding(self.mesh, self.lm.config, 3)
+        return jax.device_put(mult, sh), jax.device_put(add, sh)
+
+    def _shared(self, prompts, bank, c_n, rows, on_batch, mass, vocab_j, inv, out):
+        plan = self._plan(prompts)
+        k = plan.k
+        units = plan.units(prompts, c_n, rows)
+        rows_b = None if rows is None else np.asarray(rows, bool)
+        ub = self._units_per_batch(plan)
+        for di, ci, n in flat_batches(plan.order_key(), c_n, ub, units):
+            sp = round_up(int(plan.lp[di].max()), self.prefix_multiple)
+            ss = round_up(int(plan.slen[di].max()), self.suffix_multiple)
+            pids = np.zeros((ub, sp), np.int32)
+            pmask = np.zeros((ub, sp), np.int32)
+            sids = np.zeros((ub * k, ss), np.int32)
+            smask = np.zeros((ub * k, ss), np.int32)
+            srow = np.zeros(ub * k, np.int64)
+            for j, d in enumerate(di):
+                pre = plan.prefix[d]
+                if len(pre):
+                    pids[j, sp - len(pre):] = pre
+                    pmask[j, sp - len(pre):] = 1
+                first = plan.slots[d, 0]
+                for t in range(k):
+                    r = plan.slots[d, t]
+                    r = first if r < 0 else r
+                    suf = plan.suffix[int(r)]
+                    sids[j * k + t, :len(suf)] = suf
+                    smask[j * k + t, :len(suf)] = 1
+                    srow[j * k + t] = r
+            mult, add = bank.batch(ci)
+            res = np.asarray(self._shared_fn(self._state, self._put(pids), self._put(pmask), self._put(sids),
+                                             self._put(smask), *self._put_iv(mult, add), vocab_j,
+                                             self._put(inv[srow]), mass=bool(mass),
+                                             answer_only=self.answer_only))
+            for j in range(n):
+                c, d = int(ci[j]), int(di[j])
+                for t in range(k):
+                    r = int(plan.slots[d, t])
+                    if r >= 0 and (rows_b is None or rows_b[c, r]):
+                        out[c, r] = res[j * k + t]
+            if on_batch is not None:
+                on_batch()
 
 
 # ------------------------------------------------------------------------------- dilemma table

@@ -79,6 +79,12 @@ def _is_pow2(x: float) -> bool:
     return float(x) > 0 and m == 0.5
 
 
+def _at(x, slots):
+    """x [B, S, ...], slots [B] -> x[b, slots[b]] as [B, 1, ...]."""
+    idx = slots.reshape((-1, 1) + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
 def _rotate_half(x):
     h = x.shape[-1] // 2
     return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
@@ -132,25 +138,29 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x, rope, mask, kv_cache=None, cache_index=None):
+    def __call__(self, x, rope, mask, kv_cache=None, cache_index=None, query=None):
+        """query: optional [B] slot per row: queries (and the output [B, 1, D]) at that slot only;
+        keys and values still come from every position of x."""
         cfg = self.cfg
         b, s, _ = x.shape
         hk, dh = cfg.num_kv_heads, cfg.head_dim
-        q = self.q_proj(x).reshape(b, s, cfg.num_heads, dh)
+        xq = x if query is None else _at(x, query)
+        q = self.q_proj(xq).reshape(b, xq.shape[1], cfg.num_heads, dh)
         k = self.k_proj(x).reshape(b, s, hk, dh)
         v = self.v_proj(x).reshape(b, s, hk, dh)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope[0][:, :, None, :], rope[1][:, :, None, :]
-            q = q * cos + _rotate_half(q) * sin
+            cq, sq = (cos, sin) if query is None else (_at(cos, query), _at(sin, query))
+            q = q * cq + _rotate_half(q) * sq
             k = k * cos + _rotate_half(k) * sin
         if kv_cache is not None:
             ck, cv = kv_cache
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
             kv_cache = (k, v)
-        out = attention_core(q, k, v, mask, cfg.scale, cfg.attn_softcap)
+        out = attention_core(q, k, v, mask if query is None else _at(mask, query), cfg.scale, cfg.attn_softcap)
         return self.o_proj(out), kv_cache
 
 
@@ -186,8 +196,10 @@ class DecoderLayer(nnx.Module):
             self.pre_feedforward_layernorm = Norm(d, cfg.norm_kind, cfg.norm_eps, dtype)
             self.post_feedforward_layernorm = Norm(d, cfg.norm_kind, cfg.norm_eps, dtype)
 
-    def __call__(self, x, rope, mask, mult, add, kv_cache=None, cache_index=None):
-        a, kv_cache = self.self_attn(self.input_layernorm(x), rope, mask, kv_cache, cache_index)
+    def __call__(self, x, rope, mask, mult, add, kv_cache=None, cache_index=None, query=None):
+        a, kv_cache = self.self_attn(self.input_layernorm(x), rope, mask, kv_cache, cache_index, query)
+        if query is not None:  # the rest of the layer at the query slot only
+            x = _at(x, query)
         if self.sandwich:
             x = x + self.post_attention_layernorm(a)
             m, act = self.mlp(self.pre_feedforward_layernorm(x), mult, add)
@@ -213,8 +225,13 @@ class Decoder(nnx.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nnx.Param(jnp.zeros((cfg.vocab_size, cfg.hidden_size), dtype))
 
     def __call__(self, input_ids, attention_mask, positions, mult, add, *, capture=False, kv_cache=None,
-                 cache_index=None):
+                 cache_index=None, answer=None):
+        """answer: optional [B] slot per row: the last layer computes attention output and FFN at that
+        slot only and the hidden states come back [B, 1, D] (what a next-token score there needs;
+        the other slots' last-layer outputs reach nothing). Not with `capture`."""
         cfg = self.cfg
+        if answer is not None and capture:
+            raise ValueError("answer= computes the last layer at one slot: it cannot capture every neuron")
         b, s = input_ids.shape
         emb = self.embed_tokens[...]
         x = jnp.take(emb, input_ids, axis=0)
@@ -250,7 +267,8 @@ class Decoder(nnx.Module):
             if m.ndim == 1:
                 m, a = m[None], a[None]
             x, act, kv = layer(x, ropes.get(kind), masks.get(kind, base), m.astype(F32), a.astype(F32),
-                               None if kv_cache is None else kv_cache[i], cache_index)
+                               None if kv_cache is None else kv_cache[i], cache_index,
+                               answer if i == len(self.layers) - 1 else None)
             if capture:
                 acts.append(act)
             new_cache.append(kv)
@@ -278,13 +296,14 @@ def positions_from_mask(attention_mask):
 
 
 def lm_apply(graphdef, state, input_ids, attention_mask, mult, add, *, capture=False, positions=None,
-             kv_cache=None, cache_index=None):
-    """Pure forward: (hidden [B, S, D], neurons tuple | None, kv_cache | None). Jit/grad friendly."""
+             kv_cache=None, cache_index=None, answer=None):
+    """Pure forward: (hidden [B, S, D], neurons tuple | None, kv_cache | None). Jit/grad friendly.
+    answer: optional [B] slots -> hidden [B, 1, D] there, last layer computed at those slots only."""
     model = nnx.merge(graphdef, state)
     if positions is None:
         positions = positions_from_mask(attention_mask)
     return model(input_ids, attention_mask, positions, mult, add, capture=capture, kv_cache=kv_cache,
-                 cache_index=cache_index)
+                 cache_index=cache_index, answer=answer)
 
 
 def lm_logits(graphdef, state, hidden, rows=None):
