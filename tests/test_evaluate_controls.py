@@ -102,8 +102,12 @@ def test_control_report_z_and_empirical_p():
     assert rep["control_mean"] == pytest.approx(np.mean(controls))
     assert rep["control_sd"] == pytest.approx(np.std(controls, ddof=1))
     assert rep["z"] == pytest.approx((-0.20 - np.mean(controls)) / np.std(controls, ddof=1))
-    assert rep["p_empirical"] == pytest.approx(1 / 6)  # no control as extreme: (1 + 0) / (R + 1)
-    assert ctl.control_report(0.02, controls)["p_empirical"] == pytest.approx((1 + 2) / 6)
+    # two-sided rank p: 2 · min(one-sided); no control as low as the target: 2 · (1 + 0) / (R + 1)
+    assert rep["p_empirical"] == pytest.approx(2 / 6)
+    # 0.02 lies inside the controls: one control ≥ it (0.03) -> 2 · (1 + 1) / 6, measured from the
+    # controls' distribution, not from 0
+    assert ctl.control_report(0.02, controls)["p_empirical"] == pytest.approx(4 / 6)
+    assert rep["p_parametric"] < 0.01
     assert ctl.control_report(0.1, [])["num_controls"] == 0
 
 

@@ -11,8 +11,11 @@ Conventions:
   the targeted neurons. Draw r uses `np.random.default_rng([seed, r])`: reproducible from the
   seed alone and independent of R. For steer, one draw of the union's per-layer counts is split
   at random into a support part and a conflict part of the original per-layer sizes.
-- Control comparison (`control_report`): target effect t, control effects c_1..c_R:
-  mean, sd (ddof=1), z = (t − mean) / sd, empirical two-sided p = (1 + #{|c_r| ≥ |t|}) / (R + 1).
+- Control comparison (`control_report`, for sweeps/steer/generation): mean, sd (ddof=1),
+  z = (t − mean) / sd, two-sided rank and parametric p (`inference`); the choice-protocol verdict
+  is `engine.summarize`.
+- Rate-matched controls (`random_matched`, the default of `run` and `evaluate`): layer and
+  within-layer firing-rate decile matched one for one.
 - Size sweep (`top_fraction`): the max(1, round(f·L·N)) neurons with the lowest score (e.g. VAPE
   entropy; +inf/NaN = not a candidate), ties broken by (layer, neuron) order.
 - Leakage (`leakage_matrix`): M[v, u] = mean change of `metric` on value u's dilemmas when
@@ -242,16 +245,21 @@ def random_steer_like(support: Mapping, conflict: Mapping, num_neurons: int, dra
 
 
 def control_report(target: float, controls) -> dict:
-    """Targeted effect against R control effects: mean, sd, z, empirical two-sided p."""
+    """Targeted effect against R control effects (size sweeps, steering, the generation protocol):
+    mean, sd, z, and two-sided p-values from `jaxvalues.evaluate.inference` — the empirical rank
+    p (distance from the controls' distribution, not from 0) and the parametric prediction-interval
+    p. The choice-protocol verdict (one-sided, Holm) is `jaxvalues.evaluate.engine.summarize`."""
+    from jaxvalues.evaluate import inference
+
     c = np.asarray(controls, np.float64)
     c = c[~np.isnan(c)]
     r = len(c)
     mean = float(c.mean()) if r else float("nan")
     sd = float(c.std(ddof=1)) if r > 1 else float("nan")
     z = (target - mean) / sd if r > 1 and sd > 0 else float("nan")
-    p = (1 + int(np.sum(np.abs(c) >= abs(target)))) / (r + 1) if r else float("nan")
-    return {"target": float(target), "control_mean": mean, "control_sd": sd, "z": float(z), "p_empirical": float(p),
-            "num_controls": r}
+    return {"target": float(target), "control_mean": mean, "control_sd": sd, "z": float(z),
+            "p_empirical": float(inference.rank_p(target, c, "two-sided")) if r else float("nan"),
+            "p_parametric": float(inference.parametric_p(target, c, "two-sided")), "num_controls": r}
 
 
 # ------------------------------------------------------------------------------------ size sweep
