@@ -195,3 +195,36 @@ def test_run_and_evaluate_give_the_same_table(setup, capsys, tmp_path):
     for a, b in zip([c for c in s["cells"] if c["value"] == v], out["cells"]):
         assert a["lang"] == b["lang"] and a["targeted"] == pytest.approx(b["targeted"], abs=1e-6)
         assert a["control_mean"] == pytest.approx(b["control_mean"], abs=1e-6)
+
+
+def test_damaged_stages_are_reported_and_recomputed(setup, capsys, tmp_path):
+    """A corrupt summary.json, a missing identify.json or a corrupt stages.json is detected, said in
+    one line and recomputed; the results equal the undamaged run's."""
+    import shutil
+
+    s = _run(setup, capsys)
+    run = tmp_path / "run"
+    shutil.copytree(setup / "run", run)
+    (run / "summary.json").write_text("{ truncated")
+    (run / "identify.json").unlink()
+    rc = main(["run", "--config", str(setup / "cfg.yaml"), "--out", str(run), "--json", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in cap.err
+    assert "identify: stored results" in cap.err and "damaged" in cap.err and "recomputing" in cap.err
+    assert json.loads(cap.out)["cells"] == s["cells"]
+    (run / "stages.json").write_text("not json")
+    rc = main(["run", "--config", str(setup / "cfg.yaml"), "--out", str(run), "--json", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "stages.json: unreadable" in cap.err and json.loads(cap.out)["cells"] == s["cells"]
+
+
+def test_out_locations_are_checked_before_any_work(setup, capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "evaldir").mkdir()
+    (tmp_path / "evaldir" / "summary.json").write_text("{}")
+    for out, text in ((tmp_path / "afile", "exists and is not a directory"),
+                      (tmp_path / "afile" / "run", "is a file, not a directory"),
+                      (tmp_path / "evaldir", "holds the output of another command")):
+        rc = main(["run", "--config", str(setup / "cfg.yaml"), "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and text in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

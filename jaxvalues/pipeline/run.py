@@ -43,11 +43,45 @@ STAGES = ("collect", "identify", "evaluate", "report")
 
 
 class RunDir:
+    """A run directory. Checked before any work: not a file, not under a file, not another
+    command's output. A damaged stages.json means nothing is trusted (every stage recomputed)."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--out {self.path}: exists and is not a directory")
+        for parent in self.path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"--out {self.path}: {parent} is a file, not a directory")
         self._stages_file = self.path / "stages.json"
-        self.stages = json.loads(self._stages_file.read_text()) if self._stages_file.exists() else {}
+        if (self.path.is_dir() and not self._stages_file.exists()
+                and any((self.path / n).exists() for n in ("summary.json", "results.parquet", "per_dilemma.parquet"))):
+            raise ConfigError(f"--out {self.path}: holds the output of another command (no stages.json); "
+                              "choose another directory for `jaxvalues run`")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.damaged: list[str] = []
+        self.stages = {}
+        if self._stages_file.exists():
+            try:
+                self.stages = json.loads(self._stages_file.read_text(encoding="utf-8"))
+                if not isinstance(self.stages, dict):
+                    raise ValueError("not a mapping")
+            except (ValueError, UnicodeDecodeError) as e:
+                self.damaged.append(f"{self._stages_file}: unreadable ({e}); every stage is recomputed")
+                self.stages = {}
+
+    def resume(self, stage: str, h: str, load, console=None):
+        """The stored result of a finished stage, or None when it must be (re)computed. A damaged
+        stored result (missing or corrupt file) is reported in one line and recomputed."""
+        if not self.done(stage, h):
+            return None
+        try:
+            return load()
+        except Exception as e:  # noqa: BLE001 - any unreadable stored file means: recompute
+            msg = f"{stage}: stored results in {self.path} are damaged ({type(e).__name__}: {e}); recomputing"
+            self.damaged.append(msg)
+            _warn(console, msg)
+            return None
 
     def done(self, stage: str, h: str) -> bool:
         return self.stages.get(stage, {}).get("hash") == h
@@ -67,6 +101,13 @@ class RunDir:
         tmp.replace(self.path / name)
 
 
+def _read_json(path: Path, need: str | None = None) -> dict:
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(obj, dict) or (need and need not in obj):
+        raise ValueError(f"{path.name} is not a complete result" + (f" (no {need!r})" if need else ""))
+    return obj
+
+
 def _json_default(x):
     if isinstance(x, (np.integer,)):
         return int(x)
@@ -75,6 +116,16 @@ def _json_default(x):
     if isinstance(x, np.ndarray):
         return x.tolist()
     return str(x)
+
+
+def _warn(console, msg):
+    """Warnings reach the user even with --json (stdout carries the JSON; this goes to stderr)."""
+    if console is not None:
+        console.print(f"[yellow]{msg}[/yellow]", markup=True)
+    else:
+        import sys
+
+        sys.stderr.write(msg + "\n")
 
 
 def _say(console, msg):
@@ -89,6 +140,8 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     from jaxvalues.data.io import load_records
 
     rd = RunDir(Path(out))
+    for msg in rd.damaged:
+        _warn(console, msg)
     if max_records is not None:  # a reduced run (CI): cap records per value and language
         if not isinstance(max_records, int) or isinstance(max_records, bool) or max_records < 1:
             raise ConfigError(f"--max-records: expected a positive integer, got {max_records!r}")
@@ -130,9 +183,9 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
         _say(console, "identify: split-half stability needs ≥ 2 activation pairs per value; skipped")
         halves = None
     stat_dirs = ["half_a", "half_b"] if halves else ["all"]
-    if rd.done("collect", h_collect) and all((rd.path / "stats" / d / "summary.json").exists() for d in stat_dirs):
+    parts = rd.resume("collect", h_collect, lambda: [load_stats(rd.path / "stats" / d) for d in stat_dirs], console)
+    if parts is not None:
         _say(console, "collect: [green]done[/green] (resumed)")
-        parts = [load_stats(rd.path / "stats" / d) for d in stat_dirs]
     else:
         from jaxvalues.stats.records import collect_records
 
@@ -158,10 +211,11 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     values = [v for v in cfg["values"]]
     rates = dict(filter_rate=idc["filter_rate"], top_rate=idc["top_rate"],
                  activation_bar_ratio=idc["activation_bar_ratio"])
-    if rd.done("identify", h_identify) and (rd.path / "neurons.parquet").exists():
+    stored = rd.resume("identify", h_identify, lambda: (NeuronSet.load(rd.path / "neurons.parquet"),
+                                                         _read_json(rd.path / "identify.json")), console)
+    if stored is not None:
         _say(console, "identify: [green]done[/green] (resumed)")
-        ns = NeuronSet.load(rd.path / "neurons.parquet")
-        ident = json.loads((rd.path / "identify.json").read_text())
+        ns, ident = stored
     else:
         t = time.time()
         res = vape(stats, values, **rates)
@@ -186,9 +240,9 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
 
     # ---- evaluate ----------------------------------------------------------------------------
     h_eval = stage_hash(cfg, "evaluate", h_identify)
-    if rd.done("evaluate", h_eval) and (rd.path / "summary.json").exists():
+    summary = rd.resume("evaluate", h_eval, lambda: _read_json(rd.path / "summary.json", need="cells"), console)
+    if summary is not None:
         _say(console, "evaluate: [green]done[/green] (resumed)")
-        summary = json.loads((rd.path / "summary.json").read_text())
     else:
         t = time.time()
         summary = _evaluate(lm, cfg, ns, stats, cfg["evaluate"]["values"], evals, rd, console, progress)
