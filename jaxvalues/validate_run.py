@@ -39,18 +39,14 @@ def _read_run(run: Path):
 
 
 def _sample(base, size: int, seed: int) -> list[str]:
-    groups: dict = {}
+    """A seeded sample of record ids, round-robin over (value, language)."""
+    from types import SimpleNamespace
+
+    from jaxvalues.validate import _pick
+
     rng = np.random.default_rng([int(seed), 17])
-    for (v, l), g in base.groupby(["value", "lang"], sort=True):
-        ids = list(g["record_id"])
-        groups[(v, l)] = [ids[i] for i in rng.permutation(len(ids))]
-    out, keys, i = [], sorted(groups), 0
-    while len(out) < size and any(groups.values()):
-        g = groups[keys[i % len(keys)]]
-        if g:
-            out.append(g.pop(0))
-        i += 1
-    return out
+    rows = [SimpleNamespace(id=i, value=v, lang=l) for i, v, l in base[["record_id", "value", "lang"]].itertuples(False)]
+    return [r.id for r in _pick([rows[i] for i in rng.permutation(len(rows))], size)]
 
 
 def validate_run(run_dir, size: int = 16, controls: int = 3, seed: int = 0, torch_model=None, progress=True) -> dict:

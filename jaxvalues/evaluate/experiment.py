@@ -16,14 +16,12 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
-
-import numpy as np
 
 from jaxvalues.errors import ConfigError
 from jaxvalues.evaluate import controls as ctl
 from jaxvalues.evaluate import metrics
+from jaxvalues.evaluate.engine import clean as _clean
 
 BASELINE = "baseline"
 
@@ -57,21 +55,6 @@ def build_conditions(lm, *, target: Mapping | None = None, mode: str = "zero", g
             raise ConfigError("the size sweep is computed for zero/mean/scale modes, not steer")
         conds.update(ctl.sweep_conditions(sweep_scores, sweep_fractions, mode, sweep_controls, seed, **kw))
     return conds
-
-
-def _clean(x):
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def summarize_run(table, protocol: str, *, value: str | None = None, n_boot: int = 1000, seed: int = 0,
