@@ -139,8 +139,10 @@ def jaccard(a: frozenset, b: frozenset) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
-def _near_duplicates(records, threshold):
-    """[(id_a, id_b, similarity)] for scenario pairs of one language that are near-duplicates."""
+def near_duplicates(records, threshold: float = NEAR_DUP_JACCARD):
+    """[(record_a, record_b, similarity)] for scenario pairs of one language that are equal after
+    `normalise` or whose character 5-gram Jaccard is ≥ `threshold` (only texts sharing a gram are
+    compared)."""
     out = []
     by_lang = defaultdict(list)
     for r in records:
@@ -239,7 +241,7 @@ def audit(records) -> dict:
         out_groups.append(g)
 
     across, within = [], []
-    for ra, rb, sim in _near_duplicates(records, NEAR_DUP_JACCARD):
+    for ra, rb, sim in near_duplicates(records, NEAR_DUP_JACCARD):
         item = {"a": ra.id, "b": rb.id, "lang": ra.lang, "similarity": _round(sim)}
         (across if ra.kind != rb.kind else within).append(item)
     if across:

@@ -30,7 +30,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -38,6 +38,7 @@ import numpy as np
 
 from jaxvalues.errors import ConfigError, JaxValuesError
 from jaxvalues.evaluate import controls as ctl
+from jaxvalues.identify.neuronset import split_by_pair  # noqa: F401 - the held-out split, re-exported
 
 BASELINE = "baseline"
 ALTERNATIVES = ("less", "greater", "two-sided")
@@ -97,19 +98,20 @@ def run_conditions(lm, prompts, conditions: Sequence[Condition], *, batch_size: 
     if sum(c.kind == BASELINE for c in conditions) != 1:
         raise JaxValuesError("conditions: exactly one baseline condition is needed")
     scorer = scorer or ChoiceScorer(lm, batch_size)
-    row_value = np.array([prompts.meta[d]["value"] for d in prompts.dilemma])
-    rows = np.array([np.ones(prompts.num_rows, bool) if c.scope is None else row_value == c.scope
-                     for c in conditions])
     ivs = [c.intervention(gamma=gamma, means=means, gain=gain) for c in conditions]
-    logits = scorer.logits(prompts, ivs, rows, on_batch=on_batch, mass=True)
+    logits = scorer.logits(prompts, ivs, scope_rows(prompts, conditions), on_batch=on_batch, mass=True)
     return tidy_table(prompts, logits, conditions)
 
 
-def num_batches(scorer, prompts, conditions: Sequence[Condition]) -> int:
+def scope_rows(prompts, conditions: Sequence[Condition]) -> np.ndarray:
+    """bool [C, P]: which prompt rows each condition is scored on (its scope's dilemmas)."""
     row_value = np.array([prompts.meta[d]["value"] for d in prompts.dilemma])
-    rows = np.array([np.ones(prompts.num_rows, bool) if c.scope is None else row_value == c.scope
+    return np.array([np.ones(prompts.num_rows, bool) if c.scope is None else row_value == c.scope
                      for c in conditions])
-    return scorer.num_batches(prompts, len(conditions), rows)
+
+
+def num_batches(scorer, prompts, conditions: Sequence[Condition]) -> int:
+    return scorer.num_batches(prompts, len(conditions), scope_rows(prompts, conditions))
 
 
 def tidy_table(prompts, logits: np.ndarray, conditions: Sequence[Condition]):
@@ -125,14 +127,11 @@ def tidy_table(prompts, logits: np.ndarray, conditions: Sequence[Condition]):
     per_lo[:, prompts.dilemma, prompts.order] = lo
     per_mass[:, prompts.dilemma, prompts.order] = mass
     per_p = 1.0 / (1.0 + np.exp(-per_lo))
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            p_mean = np.nanmean(per_p, axis=2)
-            lo_mean = np.nanmean(per_lo, axis=2)
-            mass_min = np.nanmin(per_mass, axis=2)
+    with warnings.catch_warnings():  # a dilemma not scored under a condition is all-NaN: stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p_mean = np.nanmean(per_p, axis=2)
+        lo_mean = np.nanmean(per_lo, axis=2)
+        mass_min = np.nanmin(per_mass, axis=2)
     meta = pd.DataFrame(prompts.meta)
     base_i = [i for i, c in enumerate(conditions) if c.kind == BASELINE][0]
     frames = []
@@ -174,63 +173,36 @@ def select_records(records, values, langs, per_value: int | None):
     return out
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"[\W_]+", "", (text or "").casefold())
-
-
-def _grams(text: str, n: int = 5) -> set:
-    t = _norm(text)
-    return {t[i:i + n] for i in range(max(1, len(t) - n + 1))}
-
-
-def check_disjoint(activation, evaluation, threshold: float = 0.6) -> dict:
+def check_disjoint(activation, evaluation, threshold: float | None = None) -> dict:
     """Identification data must not contain the evaluation dilemmas: refuse shared pair_ids and
-    texts that are equal after normalisation or have character 5-gram Jaccard ≥ `threshold`
-    (compared within a language). -> {"shared_pair_ids": 0, "near_duplicates": 0, "compared": n}."""
+    near-duplicate texts across the two (`jaxvalues.data.audit.near_duplicates`: equal after
+    normalisation, or character 5-gram Jaccard ≥ the audit's threshold, within a language).
+    -> {"shared_pair_ids": 0, "near_duplicates": 0, "compared": same-language (activation,
+    evaluation) pairs covered}."""
+    from jaxvalues.data.audit import NEAR_DUP_JACCARD, near_duplicates
+
     shared = sorted({r.pair_id for r in activation} & {r.pair_id for r in evaluation})
     if shared:
         raise JaxValuesError(f"activation and evaluation data share pair_id(s) {shared[:5]}"
                              f"{' …' if len(shared) > 5 else ''}: identification would see evaluated dilemmas")
-    ev = [(r, _grams(r.context)) for r in evaluation]
-    compared = 0
-    for a in activation:
-        ga = _grams(a.story)
-        for e, ge in ev:
-            if e.lang != a.lang:
-                continue
-            compared += 1
-            j = len(ga & ge) / max(1, len(ga | ge))
-            if j >= threshold:
-                raise JaxValuesError(f"activation record {a.id} and evaluation record {e.id} are near-duplicates "
-                                     f"(5-gram Jaccard {j:.2f} ≥ {threshold}): identification would see an "
-                                     "evaluated dilemma")
-    return {"shared_pair_ids": 0, "near_duplicates": 0, "compared": compared}
+    threshold = NEAR_DUP_JACCARD if threshold is None else threshold
+    for a, b, sim in near_duplicates(list(activation) + list(evaluation), threshold):
+        if a.kind != b.kind:
+            act, ev = (a, b) if a.kind == "activation" else (b, a)
+            raise JaxValuesError(f"activation record {act.id} and evaluation record {ev.id} are near-duplicates "
+                                 f"(5-gram Jaccard {sim:.2f} ≥ {threshold}): identification would see an "
+                                 "evaluated dilemma")
+    from collections import Counter
 
-
-def split_by_pair(records, fraction: float = 0.5, seed: int = 0) -> tuple[list, list]:
-    """Seeded split by pair_id (zh/en translations stay together), per value: -> (train, held_out)
-    with round(fraction · pairs) of each value's pairs in train."""
-    if not 0 < fraction < 1:
-        raise ConfigError(f"split fraction: expected a number in (0, 1), got {fraction!r}")
-    by_value: dict = {}
-    for r in records:
-        by_value.setdefault(r.value, {}).setdefault(r.pair_id, []).append(r)
-    rng = np.random.default_rng([int(seed), 11])
-    train_ids = set()
-    for v in sorted(by_value):
-        pids = sorted(by_value[v])
-        k = int(round(fraction * len(pids)))
-        train_ids.update(pids[i] for i in rng.permutation(len(pids))[:k])
-    return [r for r in records if r.pair_id in train_ids], [r for r in records if r.pair_id not in train_ids]
-
-
-def option_length(text: str, lang: str) -> int:
-    """Characters excluding whitespace for zh, words for en."""
-    return len(re.sub(r"\s+", "", text)) if lang == "zh" else len(text.split())
+    n_act, n_ev = Counter(r.lang for r in activation), Counter(r.lang for r in evaluation)
+    return {"shared_pair_ids": 0, "near_duplicates": 0, "compared": sum(n_act[l] * n_ev[l] for l in n_act)}
 
 
 def longer_option_rate(records) -> float:
-    """Aligned-choice rate of a baseline that always picks the longer option (ties count ½)."""
+    """Aligned-choice rate of a baseline that always picks the longer option (ties count ½; length
+    as the audit measures it: `jaxvalues.data.audit.text_length`)."""
+    from jaxvalues.data.audit import text_length as option_length
+
     if not records:
         return float("nan")
     s = 0.0

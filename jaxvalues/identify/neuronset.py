@@ -292,18 +292,38 @@ def stability(a: NeuronSet, b: NeuronSet, values: Sequence[str] | None = None) -
     return {v: jaccard(a.pairs(v), b.pairs(v)) for v in values}
 
 
-def split_halves(items: Sequence, key=None, seed: int = 0) -> tuple[list, list]:
-    """Two disjoint halves; items sharing `key(item)` (default: `.pair_id`, else the item) stay together,
-    and each value (`.value`, when present) is split evenly."""
+def _pair_groups(items: Sequence, key=None) -> dict:
+    """{value: {pair key: [items]}} in first-seen order; items sharing `key(item)` (default:
+    `.pair_id`, else the item) stay together."""
     key = key or (lambda x: getattr(x, "pair_id", None) or id(x))
     by_value: dict = {}
     for it in items:
         by_value.setdefault(getattr(it, "value", None), {}).setdefault(key(it), []).append(it)
+    return by_value
+
+
+def split_halves(items: Sequence, key=None, seed: int = 0) -> tuple[list, list]:
+    """Two disjoint halves; items sharing `key(item)` (default: `.pair_id`, else the item) stay together,
+    and each value (`.value`, when present) is split evenly."""
     rng = np.random.default_rng(seed)
     halves: tuple[list, list] = ([], [])
-    for groups in by_value.values():
+    for groups in _pair_groups(items, key).values():
         keys = list(groups)
         perm = rng.permutation(len(keys))
         for rank, i in enumerate(perm):
             halves[rank % 2].extend(groups[keys[i]])
     return halves
+
+
+def split_by_pair(records: Sequence, fraction: float = 0.5, seed: int = 0) -> tuple[list, list]:
+    """Seeded split by pair_id (zh/en translations stay together), per value: -> (train, held_out)
+    with round(fraction · pairs) of each value's pairs in train, both in the input order."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"split fraction: expected a number in (0, 1), got {fraction!r}")
+    rng = np.random.default_rng([int(seed), 11])
+    train_ids = set()
+    for _, groups in sorted(_pair_groups(records).items(), key=lambda kv: str(kv[0])):
+        pids = sorted(groups, key=str)
+        k = int(round(fraction * len(pids)))
+        train_ids.update(pids[i] for i in rng.permutation(len(pids))[:k])
+    return [r for r in records if r.pair_id in train_ids], [r for r in records if r.pair_id not in train_ids]
