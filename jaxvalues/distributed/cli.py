@@ -116,17 +116,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _check_out(out: str) -> None:
     """--out must be a directory (or not exist yet) that can be written."""
-    import os
-    from pathlib import Path
+    from jaxvalues.outputs import check_output
 
-    from jaxvalues.errors import ConfigError
-
-    p = Path(out).expanduser()
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory")
-    parent = p if p.exists() else next((a for a in p.absolute().parents if a.exists()), None)
-    if parent is None or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: {parent or p} is not writable")
+    check_output(out)
 
 
 def _wrap_collect(original):

@@ -114,12 +114,9 @@ def _check_args(args) -> None:
         raise ConfigError(f"--min-label-mass: expected a number in [0, 1), got {args.min_label_mass}")
     if args.gamma is not None and not np.isfinite(args.gamma):
         raise ConfigError(f"--gamma: expected a finite number, got {args.gamma}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
+    from jaxvalues.outputs import check_output
+
+    out = check_output(args.out)
     if (out / "stages.json").exists():
         raise ConfigError(f"--out {out}: holds a `jaxvalues run` directory (stages.json); writing evaluate's "
                           "summary.json there would break that run: choose another directory")

@@ -70,18 +70,10 @@ def _check_args(args):
         raise ConfigError(f"--min-ratio must be in [0, 1], got {args.min_ratio}")
     if not 0 < args.top_rate <= 1:
         raise ConfigError(f"--top-rate must be in (0, 1], got {args.top_rate}")
-    out = Path(args.out).expanduser()
-    if str(args.out).endswith(("/", "\\")) or out.is_dir():
-        raise ConfigError(f"--out {args.out}: is a directory; expected a NeuronSet file path such as {out / 'neurons.parquet'}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--out {args.out}: {parent} is a file, not a directory")
-            import os
+    from jaxvalues.outputs import check_output
 
-            if not os.access(parent, os.W_OK):
-                raise ConfigError(f"--out {args.out}: directory {parent} is not writable")
-            break
+    out = Path(args.out).expanduser()
+    check_output(args.out, file=True, expect=f"a NeuronSet file path such as {out / 'neurons.parquet'}")
 
 
 def _save(ns, out) -> "Path":
@@ -118,7 +110,7 @@ def _eval_records(args):
 
     if not args.model or not args.dataset:
         raise ConfigError(f"--method {args.method} needs --model and --dataset (evaluation dilemmas)")
-    from jaxvalues.evaluate.engine import split_by_pair
+    from jaxvalues.identify.neuronset import split_by_pair
 
     recs = load_records(args.dataset, kind="evaluation", lang=args.lang, values=_values(args))
     train, held = split_by_pair(recs, args.train_fraction, args.split_seed)

@@ -47,12 +47,9 @@ class RunDir:
     command's output. A damaged stages.json means nothing is trusted (every stage recomputed)."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"--out {self.path}: exists and is not a directory")
-        for parent in self.path.parents:
-            if parent.exists() and not parent.is_dir():
-                raise ConfigError(f"--out {self.path}: {parent} is a file, not a directory")
+        from jaxvalues.outputs import check_output
+
+        self.path = check_output(path)
         self._stages_file = self.path / "stages.json"
         if (self.path.is_dir() and not self._stages_file.exists()
                 and any((self.path / n).exists() for n in ("summary.json", "results.parquet", "per_dilemma.parquet"))):

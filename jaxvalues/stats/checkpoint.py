@@ -58,21 +58,11 @@ def summary(stats: NeuronStats) -> dict:
 
 
 def check_stats_out(directory, flag: str = "--out") -> Path:
-    """Refuse, before any work, a statistics output location that `save_stats` could not write:
-    an existing file, a path under a file, or an unwritable directory."""
-    import os
+    """Refuse, before any work, a statistics output location that `save_stats` could not write."""
+    from jaxvalues.outputs import check_output
 
-    d = Path(directory).expanduser()
-    if d.exists() and not d.is_dir():
-        raise CheckpointError(f"{flag} {directory}: is an existing file; expected a statistics directory (new or from `jaxvalues collect`)")
-    for parent in (d, *d.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise CheckpointError(f"{flag} {directory}: {parent} is a file, not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise CheckpointError(f"{flag} {directory}: {parent} is not writable")
-            break
-    return d
+    return check_output(directory, flag, expect="a statistics directory (new or from `jaxvalues collect`)",
+                        error=CheckpointError)
 
 
 def save_stats(stats: NeuronStats, directory) -> Path:
