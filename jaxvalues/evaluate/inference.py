@@ -148,11 +148,9 @@ def _pvec(pvals) -> np.ndarray:
     return p
 
 
-def holm(pvals) -> np.ndarray:
-    """Holm step-down adjusted p-values: sorted p_(i) -> max_{j<=i} (m − j + 1) p_(j), clipped at 1.
-
-    NaN entries stay NaN and do not count in the family size m.
-    """
+def _adjust(pvals, step_down: bool) -> np.ndarray:
+    """Sorted non-NaN p_(1..m): Holm (step_down) max_{j<=i} (m − j + 1) p_(j); BH min_{j>=i} m p_(j) / j;
+    clipped at 1, returned in the input order. NaN stays NaN and does not count in m."""
     p = _pvec(pvals)
     out = np.full(p.shape, np.nan)
     idx = np.flatnonzero(~np.isnan(p))
@@ -160,26 +158,22 @@ def holm(pvals) -> np.ndarray:
     if m == 0:
         return out
     order = idx[np.argsort(p[idx], kind="stable")]
-    adj = (m - np.arange(m)) * p[order]
-    out[order] = np.minimum(1.0, np.maximum.accumulate(adj))
+    if step_down:
+        adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    else:
+        adj = np.minimum.accumulate((m * p[order] / np.arange(1, m + 1))[::-1])[::-1]
+    out[order] = np.minimum(1.0, adj)
     return out
+
+
+def holm(pvals) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error); see `_adjust`."""
+    return _adjust(pvals, step_down=True)
 
 
 def bh(pvals) -> np.ndarray:
-    """Benjamini–Hochberg step-up adjusted p-values: sorted p_(i) -> min_{j>=i} m p_(j) / j, clipped at 1.
-
-    NaN entries stay NaN and do not count in the family size m.
-    """
-    p = _pvec(pvals)
-    out = np.full(p.shape, np.nan)
-    idx = np.flatnonzero(~np.isnan(p))
-    m = idx.size
-    if m == 0:
-        return out
-    order = idx[np.argsort(p[idx], kind="stable")]
-    adj = m * p[order] / np.arange(1, m + 1)
-    out[order] = np.minimum(1.0, np.minimum.accumulate(adj[::-1])[::-1])
-    return out
+    """Benjamini–Hochberg step-up adjusted p-values (false discovery rate); see `_adjust`."""
+    return _adjust(pvals, step_down=False)
 
 
 # ---------------------------------------------------------------------------------------------
