@@ -90,7 +90,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
 
 
 def validate_config(cfg: dict, where: str = "config") -> dict:
-    from jaxvalues.data.values import VALUES, get_value
+    from jaxvalues.data.values import VALUES
 
     for key in ("collect.records_per_value", "collect.batch_size", "collect.last_k", "evaluate.dilemmas_per_value",
                 "evaluate.batch_size", "evaluate.bootstrap"):
@@ -132,33 +132,27 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
     if not langs or any(lang not in ("zh", "en") for lang in langs):
         raise ConfigError(f"{where}: languages: expected a list drawn from ['zh', 'en'], got {cfg['languages']!r}")
     cfg["languages"] = list(langs)
-    vals = cfg["values"]
-    if vals == "all":
-        cfg["values"] = [v.id for v in VALUES]
-    else:
-        if isinstance(vals, str):
-            vals = [vals]
-        try:
-            cfg["values"] = [get_value(v).id for v in vals]
-        except Exception as err:  # DataError with a suggestion
-            raise ConfigError(f"{where}: values: {err}") from None
-    ev = cfg["evaluate"]["values"]
-    if ev == "all":
-        cfg["evaluate"]["values"] = list(cfg["values"])
-    else:
-        ev = [ev] if isinstance(ev, str) else ev
-        try:
-            ev = [get_value(v).id for v in ev]
-        except Exception as err:
-            raise ConfigError(f"{where}: evaluate.values: {err}") from None
-        outside = [v for v in ev if v not in cfg["values"]]
-        if outside or not ev:
-            raise ConfigError(f"{where}: evaluate.values: expected a non-empty subset of values {cfg['values']}, "
-                              f"got {ev!r}")
-        cfg["evaluate"]["values"] = ev
+    cfg["values"] = _value_ids(cfg["values"], [v.id for v in VALUES], where, "values")
+    ev = _value_ids(cfg["evaluate"]["values"], list(cfg["values"]), where, "evaluate.values")
+    if not ev or any(v not in cfg["values"] for v in ev):
+        raise ConfigError(f"{where}: evaluate.values: expected a non-empty subset of values {cfg['values']}, "
+                          f"got {ev!r}")
+    cfg["evaluate"]["values"] = ev
     if cfg["dtype"] not in ("float32", "bfloat16"):
         raise ConfigError(f"{where}: dtype: expected float32 or bfloat16, got {cfg['dtype']!r}")
     return cfg
+
+
+def _value_ids(vals, all_ids: list, where: str, key: str) -> list:
+    """'all' -> all_ids; a name or list of names -> value ids (a one-line error naming `key`)."""
+    from jaxvalues.data.values import get_value
+
+    if vals == "all":
+        return list(all_ids)
+    try:
+        return [get_value(v).id for v in ([vals] if isinstance(vals, str) else vals)]
+    except Exception as err:  # DataError with a suggestion
+        raise ConfigError(f"{where}: {key}: {err}") from None
 
 
 def stage_hash(cfg: dict, stage: str, upstream: str = "") -> str:
