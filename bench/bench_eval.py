@@ -110,6 +110,8 @@ def main(argv=None):
     p.add_argument("--mask-frac", type=float, default=0.01)
     p.add_argument("--neurons", default=None, help="NeuronSet directory for the 12 value masks")
     p.add_argument("--no-naive", action="store_true")
+    p.add_argument("--flops-only", action="store_true",
+                   help="print the analytic FLOPs per scored row of each scorer path for these prompts and exit")
     p.add_argument("--prefix-only", action="store_true",
                    help="only compare the scorer's paths (unshared / answer-only / shared prefix) on the same rows")
     args = C.finish_args(p.parse_args(argv))
@@ -148,6 +150,16 @@ def main(argv=None):
             i += 1
         recs = picked
     prompts = build_choice_prompts(recs, lm.tokenizer)
+    if args.flops_only:
+        import json
+
+        from jaxvalues.evaluate.choice import _PrefixPlan
+
+        f = row_flops(cfg, _PrefixPlan(prompts), prompts)
+        print(json.dumps({"model": args.model, "dilemmas": len(recs), "rows": prompts.num_rows,
+                          **{k: (round(v / 1e9, 2) if k in ("unshared", "answer_only", "shared") else round(v, 1))
+                             for k, v in f.items()}, "unit": "GFLOP per scored row"}))
+        return
     if args.neurons:
         ns = jv.NeuronSet.load(args.neurons)
         masks = [ns.neurons(v) for v in VALUE_IDS]
