@@ -178,42 +178,48 @@ def is_authors_workbook(path) -> bool:
         wb.close()
 
 
+def _sheets(path, name: str):
+    """-> [(title, header, rows, where)] of every sheet, read once: rows are the non-empty
+    (row number, cells padded to the header) pairs."""
+    wb = _open_xlsx(path, name)
+    out = []
+    try:
+        for title in wb.sheetnames:
+            header, rows = _sheet_rows(wb[title])
+            kept = [(r, list(c) + [None] * (len(header) - len(c))) for r, c in rows
+                    if any(_cell(x) is not None for x in c)]
+            out.append((title, header, kept, f"{name} sheet {title}"))
+    finally:
+        wb.close()
+    return out
+
+
 def read_workbook(path, name: str | None = None, id_prefix: str = "cvoice", lang: str = "zh"):
     """Raw evaluation rows of the authors' released workbook (one sheet per value, named by the
     Chinese value name; Type, Context, Action1 = aligned, Action2 = violating).
     Returns (items, problems); a sheet with an unknown name or missing columns is a problem."""
     name = name or str(path)
-    wb = _open_xlsx(path, name)
     items, problems = [], []
-    try:
-        for title in wb.sheetnames:
-            header, rows = _sheet_rows(wb[title])
-            where = f"{name} sheet {title}"
-            value = find_value(title)
-            cols = {h.lower(): j for j, h in enumerate(header) if h}
-            missing = [c for c in WORKBOOK_COLUMNS if c.lower() not in cols]
-            n_rows = sum(1 for _, cells in rows if any(_cell(c) is not None for c in cells))
-            if value is None:
-                problems.append(Problem(where, unknown_value_message(title) + "; sheets must be named by a "
-                                        f"value's Chinese name ({n_rows} rows not loaded)", rows=n_rows))  # fmt: skip
-                continue
-            if missing:
-                problems.append(Problem(where, f"missing column(s) {', '.join(missing)}; expected header "
-                                        f"{', '.join(WORKBOOK_COLUMNS)} ({n_rows} rows not loaded)", rows=n_rows))  # fmt: skip
-                continue
-            _, rows = _sheet_rows(wb[title])
-            for r, cells in rows:
-                cells = list(cells) + [None] * (len(header) - len(cells))
-                if all(_cell(c) is None for c in cells):
-                    continue
-                pair_id = f"{id_prefix}-{value.id}-{r - 1:03d}"
-                raw = {"id": f"{pair_id}-{lang}", "kind": "evaluation", "lang": lang, "pair_id": pair_id,
-                       "value": value.id}  # fmt: skip
-                for col, fld in _WORKBOOK_FIELDS.items():
-                    raw[fld] = _cell(cells[cols[col]])
-                items.append((raw, f"{where} row {r}"))
-    finally:
-        wb.close()
+    for title, header, rows, where in _sheets(path, name):
+        value = find_value(title)
+        cols = {h.lower(): j for j, h in enumerate(header) if h}
+        missing = [c for c in WORKBOOK_COLUMNS if c.lower() not in cols]
+        n_rows = len(rows)
+        if value is None:
+            problems.append(Problem(where, unknown_value_message(title) + "; sheets must be named by a "
+                                    f"value's Chinese name ({n_rows} rows not loaded)", rows=n_rows))  # fmt: skip
+            continue
+        if missing:
+            problems.append(Problem(where, f"missing column(s) {', '.join(missing)}; expected header "
+                                    f"{', '.join(WORKBOOK_COLUMNS)} ({n_rows} rows not loaded)", rows=n_rows))  # fmt: skip
+            continue
+        for r, cells in rows:
+            pair_id = f"{id_prefix}-{value.id}-{r - 1:03d}"
+            raw = {"id": f"{pair_id}-{lang}", "kind": "evaluation", "lang": lang, "pair_id": pair_id,
+                   "value": value.id}  # fmt: skip
+            for col, fld in _WORKBOOK_FIELDS.items():
+                raw[fld] = _cell(cells[cols[col]])
+            items.append((raw, f"{where} row {r}"))
     return items, problems
 
 
@@ -246,42 +252,34 @@ def read_activation_workbook(path, name: str | None = None, lang: str = "zh"):
     from jaxvalues.data.authors import strip_option_prefix
 
     name = name or str(path)
-    wb = _open_xlsx(path, name)
     items, problems = [], []
-    try:
-        for title in wb.sheetnames:
-            header, rows = _sheet_rows(wb[title])
-            where = f"{name} sheet {title}"
-            cells_rows = [(r, list(c)) for r, c in rows if any(_cell(x) is not None for x in c)]
-            n_rows = len(cells_rows)
-            if not header and not n_rows:
-                continue  # an empty sheet
-            value = find_value(title) or find_value(_value_from_file(path))
-            cols = {h: j for j, h in enumerate(header) if h}
-            missing = [c for c in ACTIVATION_COLUMNS if c not in cols]
-            if value is None:
-                problems.append(Problem(where, f"cannot tell the value: {unknown_value_message(title)} and file "
-                                        f"name {Path(str(path)).name!r} is not '{{价值}}-final.xlsx' with a value's "
-                                        f"Chinese name ({n_rows} rows not loaded)", rows=n_rows))  # fmt: skip
-                continue
-            if missing:
-                problems.append(Problem(where, f"missing column(s) {', '.join(missing)}; expected columns "
-                                        f"{', '.join(ACTIVATION_COLUMNS)} ({n_rows} rows not loaded)",
-                                        rows=n_rows))  # fmt: skip
-                continue
-            for r, cells in cells_rows:
-                cells = cells + [None] * (len(header) - len(cells))
-                pair_id = f"act-{value.id}-{r - 1:03d}"
-                raw = _NoRationale(id=f"{pair_id}-{lang}", kind="activation", lang=lang, pair_id=pair_id,
-                                   value=value.id)  # fmt: skip
-                for col, fld in _ACTIVATION_FIELDS.items():
-                    raw[fld] = _cell(cells[cols[col]])
-                for fld, label in (("aligned_action", "A"), ("violating_action", "B")):
-                    if raw[fld] is not None:
-                        raw[fld] = strip_option_prefix(raw[fld], label) or None
-                items.append((raw, f"{where} row {r}"))
-    finally:
-        wb.close()
+    for title, header, rows, where in _sheets(path, name):
+        n_rows = len(rows)
+        if not header and not n_rows:
+            continue  # an empty sheet
+        value = find_value(title) or find_value(_value_from_file(path))
+        cols = {h: j for j, h in enumerate(header) if h}
+        missing = [c for c in ACTIVATION_COLUMNS if c not in cols]
+        if value is None:
+            problems.append(Problem(where, f"cannot tell the value: {unknown_value_message(title)} and file "
+                                    f"name {Path(str(path)).name!r} is not '{{价值}}-final.xlsx' with a value's "
+                                    f"Chinese name ({n_rows} rows not loaded)", rows=n_rows))  # fmt: skip
+            continue
+        if missing:
+            problems.append(Problem(where, f"missing column(s) {', '.join(missing)}; expected columns "
+                                    f"{', '.join(ACTIVATION_COLUMNS)} ({n_rows} rows not loaded)",
+                                    rows=n_rows))  # fmt: skip
+            continue
+        for r, cells in rows:
+            pair_id = f"act-{value.id}-{r - 1:03d}"
+            raw = _NoRationale(id=f"{pair_id}-{lang}", kind="activation", lang=lang, pair_id=pair_id,
+                               value=value.id)  # fmt: skip
+            for col, fld in _ACTIVATION_FIELDS.items():
+                raw[fld] = _cell(cells[cols[col]])
+            for fld, label in (("aligned_action", "A"), ("violating_action", "B")):
+                if raw[fld] is not None:
+                    raw[fld] = strip_option_prefix(raw[fld], label) or None
+            items.append((raw, f"{where} row {r}"))
     return items, problems
 
 
