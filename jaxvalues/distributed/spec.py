@@ -154,8 +154,10 @@ class SweepSpec:
                 raise ConfigError(f"{w}: mode 'steer' needs statistics.scheme: stance (support / conflict neurons)")
             if "contrast" in g["methods"]:
                 raise ConfigError(f"{w}: mode 'steer' is defined for methods vape and random, not contrast")
-        if self.selection["control_kind"] not in ("rate_matched", "layer"):
-            raise ConfigError(f"{w}: selection.control_kind must be 'rate_matched' or 'layer', "
+        from jaxvalues.evaluate.controls import CONTROL_KINDS
+
+        if self.selection["control_kind"] not in CONTROL_KINDS:
+            raise ConfigError(f"{w}: selection.control_kind must be one of {list(CONTROL_KINDS)}, "
                               f"got {self.selection['control_kind']!r}")
         if self.evaluation["values"] not in ("target", "all"):
             raise ConfigError(f"{w}: evaluation.values must be 'target' (the value's own dilemmas) or 'all'")

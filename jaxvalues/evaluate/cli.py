@@ -38,11 +38,14 @@ def register(subparsers) -> None:
     p.add_argument("--gain", type=float, default=5.0, help="steer: multiplier on support-only neurons (default 5)")
     p.add_argument("--means", help="statistics file with per-neuron means, for --mode mean")
     p.add_argument("--controls", type=int, default=0, metavar="R", help="random control draws (e.g. 20)")
-    p.add_argument("--control-kind", default="rate_matched", choices=("rate_matched", "layer"),
+    from jaxvalues.evaluate.controls import CONTROL_KINDS
+    from jaxvalues.evaluate.inference import ALTERNATIVES
+
+    p.add_argument("--control-kind", default="rate_matched", choices=CONTROL_KINDS,
                    help="controls matched on layer and firing-rate bin (needs --stats), or on layer only")
     p.add_argument("--stats", metavar="DIR", nargs="+",
                    help="collected statistics (firing rates for rate-matched controls); several are merged")
-    p.add_argument("--alternative", default="less", choices=("less", "greater", "two-sided"),
+    p.add_argument("--alternative", default="less", choices=ALTERNATIVES,
                    help="direction of the test, fixed before the run (less: the intervention lowers P(aligned))")
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for the Holm verdict")
     p.add_argument("--min-label-mass", type=float, default=0.5,
