@@ -142,6 +142,27 @@ def test_value_word_rate_fails():
     assert audit(recs)["failed"] == ["value_word harmony/en"]
 
 
+def test_value_word_rate_counts_only_records_with_a_rationale(tmp_path, capsys):
+    recs = balanced()
+    recs[0] = act(0, recs[0].aligned_action, recs[0].violating_action, rationale="Harmony in the street matters.")
+    for i in (1, 2, 3):  # no rationale (as imported from the authors' activation workbook)
+        recs[i] = act(i, recs[i].aligned_action, recs[i].violating_action, rationale=None)
+    res = audit(recs)
+    g = group(res, "harmony", "en", "activation")
+    assert (g["records"], g["rationales"], g["value_word_count"], g["value_word_rate"]) == (4, 1, 1, 1.0)
+    assert res["failed"] == ["value_word harmony/en"]
+    assert res["overall"]["en/activation"]["rationales"] == 1
+    assert res["overall"]["en/activation"]["value_word_rate"] == 1.0
+    recs[0] = act(0, recs[0].aligned_action, recs[0].violating_action, rationale=None)
+    res = audit(recs)  # none at all: nothing to count, no failure
+    g = group(res, "harmony", "en", "activation")
+    assert (g["rationales"], g["value_word_rate"], g["value_word_ok"]) == (0, None, True) and res["ok"]
+    assert main(["data", "audit", str(write_jsonl(recs, tmp_path / "a.jsonl"))]) == 0
+    out = capsys.readouterr().out
+    assert "value-word rate over 0 rationales (4 of 4 records have none)" in out
+    assert "en/activation: 4 pairs" in out and "no rationales (value-word rate not counted)" in out
+
+
 def test_duplicates_across_kinds_fail_within_kind_reported():
     recs = balanced()
     recs[4] = ev(0, recs[4].aligned_action, recs[4].violating_action, context=EN_ACTS[1].upper().replace(".", "!"))  # equal after normalisation

@@ -245,6 +245,25 @@ def test_authors_activation_workbook_import(tmp_path):
     assert load_records(q, format="activation_workbook") == load_records(q)
 
 
+def test_authors_activation_workbook_round_trips_without_rationale(tmp_path):
+    """Imported (no rationale), written out and loaded back strictly: the same records."""
+    pytest.importorskip("openpyxl")
+    from jaxvalues.cli import main
+
+    p = tmp_path / "富强-final.xlsx"
+    write_workbook(p, {"Sheet1": [ACT_HEADER, *ACT_ROWS]})
+    recs = load_records(p)
+    assert len(recs) == 2 and all(r.rationale is None for r in recs)
+    out = write_jsonl(recs, tmp_path / "acts.jsonl")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert all("rationale" not in row and row["kind"] == "activation" for row in rows)
+    assert load_records(out) == recs  # strict
+    assert main(["data", "import", str(p), "-o", str(tmp_path / "cli.jsonl")]) == 0  # the CLI writer
+    assert load_records(tmp_path / "cli.jsonl") == recs
+    assert load_records(write_csv(recs, tmp_path / "acts.csv")) == recs
+    assert load_records(write_parquet(recs, tmp_path / "acts.parquet")) == recs
+
+
 def test_authors_activation_workbook_problems(tmp_path):
     pytest.importorskip("openpyxl")
     p = tmp_path / "富强-final.xlsx"

@@ -1,5 +1,7 @@
 """Row and collection validation: every problem kind, named by location and field."""
 
+import json
+
 import pytest
 
 from jaxvalues.data.schema import ActivationRecord, EvaluationRecord
@@ -50,15 +52,37 @@ def test_valid_rows_become_records_with_normalised_fields():
 
 def test_missing_fields_and_empty_text():
     row = act("en")
-    del row["rationale"]
+    del row["aligned_action"]
     row["story"] = "   "
     fields, lines = problems(row)
-    assert ("rationale", "missing field") in fields and ("story", "empty text") in fields
+    assert ("aligned_action", "missing field") in fields and ("story", "empty text") in fields
     assert all(line.startswith("f.jsonl line 3: field '") for line in lines)
     fields, _ = problems(ev("en", violating_action=None))
     assert ("violating_action", "missing field") in fields
     fields, _ = problems({k: v for k, v in act().items() if k != "kind"})
     assert fields[0][0] == "kind" and "missing field" in fields[0][1]
+
+
+def test_rationale_is_optional_but_not_empty(tmp_path):
+    from jaxvalues.data.io import load_records
+    from jaxvalues.errors import DataError
+
+    for row in (act("zh", rationale=None), {k: v for k, v in act("en").items() if k != "rationale"}):
+        rec, pr = parse_row(row, "w")
+        assert pr == [] and rec.rationale is None and "rationale" not in rec.to_dict()
+    fields, _ = problems(act("zh", rationale="Integrity matters."))  # given, it is checked as text
+    assert any(f == "rationale" and "no Chinese characters" in m for f, m in fields)
+    # a JSONL row without a rationale loads strictly; an empty or blank one is a problem naming line and field
+    good = {k: v for k, v in act("en").items() if k != "rationale"}
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps(good) + "\n", encoding="utf-8")
+    assert [r.rationale for r in load_records(p)] == [None]
+    for empty in ("", "   "):
+        p.write_text(json.dumps(act("zh")) + "\n" + json.dumps(act("en", rationale=empty)) + "\n", encoding="utf-8")
+        with pytest.raises(DataError) as e:
+            load_records(p)
+        assert f"{p} line 2: field 'rationale': empty text (omit the field or set it to null)" in str(e.value)
+        assert "1 problem found" in str(e.value)
 
 
 def test_unknown_value_kind_field_and_language_tag_suggest_the_fix():

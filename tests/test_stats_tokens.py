@@ -1,5 +1,6 @@
 """token_selection="content": the record's own text (story, action, rationale), no template or labels."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -9,9 +10,9 @@ pytest.importorskip("torch")
 
 import jaxvalues as jv  # noqa: E402
 from jaxvalues.data.schema import ActivationRecord  # noqa: E402
-from jaxvalues.errors import JaxValuesError  # noqa: E402
+from jaxvalues.errors import ConfigError, JaxValuesError  # noqa: E402
 from jaxvalues.stats.batching import SELECTIONS, TokenizedExample, count_mask  # noqa: E402
-from jaxvalues.stats.records import collect_records, examples_from_records  # noqa: E402
+from jaxvalues.stats.records import check_selection, collect_records, examples_from_records  # noqa: E402
 from jaxvalues.testing import tiny_hf_model, word_tokenizer  # noqa: E402
 
 # a template with a default system prompt, role markers (special tokens) and a generation prompt
@@ -82,6 +83,48 @@ def test_selection_names_and_errors():
         count_mask(ex, "content")
     ex, _ = examples_from_records(_records()[:1], _tok(), masks=False)
     assert ex[0].content is None and ex[0].mask is None
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_content_without_rationale_is_story_and_action(lang):
+    """Records without a rationale (the authors' activation workbook): no "Reason" line, and the
+    content mask is exactly story + action."""
+    tok = _tok()
+    recs = [dataclasses.replace(r, rationale=None) for r in _records(lang)]
+    ex, _ = examples_from_records(recs, tok, "values")
+    for e, r in zip(ex, recs):
+        content = count_mask(e, "content")
+        assert e.ids[content].tolist() == _ids(tok, " ".join([r.story, r.aligned_action]))
+        rest = tok.convert_ids_to_tokens(e.ids[~content].tolist())
+        assert not any(re.fullmatch(r"w\d+", t) for t in rest)
+        assert {"en": "Reason", "zh": "理由"}[lang] not in rest
+        assert count_mask(e, "rationale").sum() == 0
+
+
+def test_rationale_selection_needs_rationales():
+    recs = _records()
+    recs[2] = dataclasses.replace(recs[2], rationale=None)
+    with pytest.raises(ConfigError) as e:  # before any model work: `object()` has no tokenizer or weights
+        collect_records(object(), recs, scheme="values", token_selection="rationale")
+    msg = str(e.value)
+    assert "\n" not in msg and "'act-integrity-002-en'" in msg and "needs every record to have one" in msg
+    assert "'content' or 'all'" in msg
+    with pytest.raises(ConfigError, match="act-integrity-002-en"):
+        check_selection(recs, "values", "mask")
+    for scheme, sel in (("values", "content"), ("values", "all"), ("stance", "rationale")):
+        check_selection(recs, scheme, sel)  # no rationale needed
+
+
+def test_cli_rationale_selection_fails_before_loading_the_model(tmp_path, capsys):
+    from jaxvalues.cli import main
+    from jaxvalues.data.io import write_jsonl
+
+    data = write_jsonl([dataclasses.replace(r, rationale=None) for r in _records()[:3]], tmp_path / "a.jsonl")
+    args = ["collect", "--model", str(tmp_path / "no-such-model"), "--dataset", str(data),
+            "--out", str(tmp_path / "st"), "--token-selection", "rationale"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has no rationale" in err and "no-such-model" not in err
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ Criteria, each checked per (value, language, kind) unless said otherwise:
   thing", 坦诚, 顾全大局 ...) are counted and reported too, but do not fail the audit.
 - ``value_word``: at most 20% of the activation rationales of a (value, language) may name the
   value itself: its Chinese name for zh (诚信), its English id/name for en ("integrity",
-  "rule of law"), plural included. Related words ("honest") are not the value word.
+  "rule of law"), plural included. Related words ("honest") are not the value word. Records
+  without a rationale (the authors' activation files have none) are not counted; each group
+  reports the number of rationales counted (``rationales``), and with none the rate is None.
 - ``duplicates``: texts are normalised (casefold, punctuation removed, whitespace collapsed); two
   scenarios (story/context) of one language are near-duplicates when the normalised texts are
   equal or their character 5-gram Jaccard similarity is ≥ 0.6. Any such pair between an
@@ -233,9 +235,9 @@ def audit(records) -> dict:
             pat = value_word_pattern(value, lang)
             named = [r.id for r in rs if r.rationale and pat.search(r.rationale)]
             n_rat = sum(1 for r in rs if r.rationale)
-            rate = len(named) / n_rat if n_rat else 0.0
-            g.update(value_word_count=len(named), value_word_rate=_round(rate), value_word_ids=named,
-                     value_word_ok=rate <= MAX_VALUE_WORD_RATE + 1e-12)
+            rate = len(named) / n_rat if n_rat else None
+            g.update(rationales=n_rat, value_word_count=len(named), value_word_rate=_round(rate),
+                     value_word_ids=named, value_word_ok=rate is None or rate <= MAX_VALUE_WORD_RATE + 1e-12)
             if not g["value_word_ok"]:
                 failed.append(f"value_word {value}/{lang}")
         out_groups.append(g)
@@ -260,7 +262,8 @@ def audit(records) -> dict:
             fig["virtue_hits"] = sum(g["virtue_hits"] for g in sel)
             fig["groups_failing_length"] = sum(not (g["length_share_ok"] and g["length_mean_ok"]) for g in sel)
             if kind == "activation":
-                n = sum(g["records"] for g in sel)
+                n = sum(g["rationales"] for g in sel)
+                fig["rationales"] = n
                 fig["value_word_rate"] = _round(sum(g["value_word_count"] for g in sel) / n) if n else None
             overall[f"{lang}/{kind}"] = fig
     return {
@@ -291,19 +294,26 @@ def format_audit(res: dict) -> str:
         ma = "-" if g["mean_aligned"] is None else f"{g['mean_aligned']:.1f}"
         mv = "-" if g["mean_violating"] is None else f"{g['mean_violating']:.1f}"
         rel = "-" if g["rel_diff"] is None else f"{g['rel_diff']:.3f}"
-        vw = f"{g['value_word_rate']:.2f}" if "value_word_rate" in g else "-"
+        vw = "-" if g.get("value_word_rate") is None else f"{g['value_word_rate']:.2f}"
         bad = [c for c, ok in (("share", g["length_share_ok"]), ("mean", g["length_mean_ok"]),
                                ("giveaway", not g["giveaway_hits"]), ("value_word", g.get("value_word_ok", True)))
                if not ok]  # fmt: skip
         status = "ok" if not bad else "FAIL " + ",".join(bad)
         lines.append(f"{name:<36} {g['records']:>4} {lst:>14} {share:>6} {ma:>7} {mv:>7} {rel:>6} "
                      f"{g['giveaway_hits']:>5} {g['virtue_hits']:>5} {vw:>6}  {status}")  # fmt: skip
+        if g["kind"] == "activation" and g["rationales"] < g["records"]:
+            lines.append(f"    value-word rate over {g['rationales']} rationales ({g['records'] - g['rationales']} "
+                         f"of {g['records']} records have none)")
         for rid, hit in g["giveaway"][:5]:
             lines.append(f"    give-away {hit!r} in {rid}")
     lines.append("")
     lines.append("overall:")
     for key, f in res["overall"].items():
-        vw = f", value-word rate {f['value_word_rate']:.2f}" if f.get("value_word_rate") is not None else ""
+        vw = ""
+        if f.get("value_word_rate") is not None:
+            vw = f", value-word rate {f['value_word_rate']:.2f} over {f['rationales']} rationales"
+        elif "rationales" in f:
+            vw = ", no rationales (value-word rate not counted)"
         lines.append(f"  {key}: {f['pairs']} pairs, aligned longer {f['longer']}/{f['pairs']} "
                      f"(shorter {f['shorter']}, tie {f['tie']}), means {f['mean_aligned']} vs {f['mean_violating']} "
                      f"(rel {f['rel_diff']}), give-away {f['giveaway_hits']}, virtue {f['virtue_hits']}{vw}, "

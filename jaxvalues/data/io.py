@@ -27,9 +27,9 @@ Conventions:
   (`{价值}-final.xlsx` or `{价值}.xlsx`). Records: kind "activation", lang "zh", ids
   ``act-{value}-{n:03d}-zh`` (n = data row number, Excel row − 1), pair_id without "-zh".
   Their files have no rationale (the persona scheme lets the model write its own answer), so
-  these records have rationale None: the schema requires a rationale for activation records,
-  so the importer validates every other field and leaves it unset (such records render
-  without a "理由" segment; written to JSONL they need a rationale before they load strictly).
+  these records have rationale None (an optional field of activation records): they render
+  without a "理由" segment, and written to JSONL (`jaxvalues data import`) they load back
+  strictly as the same records.
   The persona scheme's competing value is `jaxvalues.data.authors.competing_value(rec.conflict)`.
 - Writers: `write_jsonl`, `write_csv`, `write_parquet` (string columns, FIELD_ORDER, nulls for
   fields a kind lacks) and `to_dataset` (needs the optional `datasets` package).
@@ -38,7 +38,6 @@ Conventions:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import importlib.resources
 import io
@@ -236,10 +235,6 @@ def is_activation_workbook(path) -> bool:
         wb.close()
 
 
-class _NoRationale(dict):
-    """A raw activation row from the authors' files, which have no rationale (see the module doc)."""
-
-
 def _value_from_file(path) -> str:
     stem = Path(str(path)).stem
     return stem[: -len("-final")] if stem.endswith("-final") else stem
@@ -272,8 +267,8 @@ def read_activation_workbook(path, name: str | None = None, lang: str = "zh"):
             continue
         for r, cells in rows:
             pair_id = f"act-{value.id}-{r - 1:03d}"
-            raw = _NoRationale(id=f"{pair_id}-{lang}", kind="activation", lang=lang, pair_id=pair_id,
-                               value=value.id)  # fmt: skip
+            raw = {"id": f"{pair_id}-{lang}", "kind": "activation", "lang": lang, "pair_id": pair_id,
+                   "value": value.id}  # fmt: skip
             for col, fld in _ACTIVATION_FIELDS.items():
                 raw[fld] = _cell(cells[cols[col]])
             for fld, label in (("aligned_action", "A"), ("violating_action", "B")):
@@ -281,16 +276,6 @@ def read_activation_workbook(path, name: str | None = None, lang: str = "zh"):
                     raw[fld] = strip_option_prefix(raw[fld], label) or None
             items.append((raw, f"{where} row {r}"))
     return items, problems
-
-
-def _parse_item(raw, where):
-    """parse_row, except that rows from the authors' activation files need no rationale."""
-    if not isinstance(raw, _NoRationale):
-        return parse_row(raw, where)
-    rec, problems = parse_row({**raw, "rationale": raw.get("aligned_action") or "无"}, where)
-    if rec is None:
-        return None, [p for p in problems if p.field != "rationale"]
-    return dataclasses.replace(rec, rationale=None), []
 
 
 def _cell(v):
@@ -444,7 +429,7 @@ def read_records(source, *, format=None, columns=None, defaults=None, sheets=Non
     items, problems, names = read_items(source, format, columns, defaults, sheets, id_prefix)
     parsed, bad_rows = [], sum(p.rows for p in problems)
     for raw, where in items:
-        rec, pr = _parse_item(raw, where)
+        rec, pr = parse_row(raw, where)
         if rec is None:
             problems += pr
             bad_rows += 1

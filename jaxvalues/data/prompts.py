@@ -9,12 +9,13 @@ Conventions:
   `Rendered.add_special_tokens` says how to encode `text`: False for chat renderings (the
   template already wrote BOS and the role markers), True for plain text.
 - Every rendering carries character spans of its segments in `text`:
-  activation: "story", "action", "rationale" (no rationale for action="violating");
+  activation: "story", "action", "rationale" (no rationale for action="violating" or for a
+  record without one);
   evaluation/support: "context", "option_a", "option_b", plus "aligned" and "violating" (the
   same spans as the option that holds that action). `token_masks` maps spans to token masks via
   the fast tokenizer's offset mapping: a token belongs to a segment when its characters overlap.
 - Activation text = the story as the user turn, then "My choice: {action}\nReason: {rationale}"
-  ("我的选择：…\n理由：…") as the assistant turn.
+  ("我的选择：…\n理由：…") as the assistant turn; without a rationale the "Reason" line is left out.
 - Choice prompt (`render_evaluation`): the dilemma with options "A. …" and "B. …", in the order
   asked: "aligned_first" (A = aligned) or "aligned_second" (B = aligned); `aligned_label` records
   which. The text ends with the answer cue opened in the assistant turn: en "...Answer:",

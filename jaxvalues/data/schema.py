@@ -6,8 +6,11 @@ Conventions (the data contract in docs/DESIGN.md):
   (e.g. ``act-integrity-003-zh`` / ``act-integrity-003``; ``eval-`` for evaluation records).
 - `value` is a value id from `jaxvalues.data.values` (``rule_of_law``), `conflict` the conflict
   type in the record's language ("诚信 vs 个人利益" / "Integrity vs personal gain").
-- Activation records: story + value-aligned action + rationale for it; the violating action is
-  optional. Evaluation records: context + aligned action + violating action, no rationale.
+- Activation records: story + value-aligned action; the rationale for it and the violating
+  action are optional (records imported from the authors' activation workbook have no
+  rationale: their persona scheme lets the model write its own answer). A rationale that is
+  given must be non-empty text in the record's language. Evaluation records: context + aligned
+  action + violating action, no rationale.
 - Text fields are stored stripped of surrounding whitespace. The canonical on-disk form is one
   JSON object per line (UTF-8), keys in `FIELD_ORDER`, absent optional fields omitted.
 Records are frozen; build them from raw rows through `jaxvalues.data.validate.parse_row`, which
@@ -30,10 +33,10 @@ FIELD_ORDER = (
 )  # fmt: skip
 
 REQUIRED = {
-    "activation": ("id", "kind", "lang", "pair_id", "value", "conflict", "story", "aligned_action", "rationale"),
+    "activation": ("id", "kind", "lang", "pair_id", "value", "conflict", "story", "aligned_action"),
     "evaluation": ("id", "kind", "lang", "pair_id", "value", "conflict", "context", "aligned_action", "violating_action"),
 }  # fmt: skip
-OPTIONAL = {"activation": ("violating_action",), "evaluation": ()}
+OPTIONAL = {"activation": ("rationale", "violating_action"), "evaluation": ()}
 # free-text fields: must be non-empty and written in the record's language
 TEXT_FIELDS = {
     "activation": ("conflict", "story", "aligned_action", "violating_action", "rationale"),
@@ -50,7 +53,7 @@ class ActivationRecord:
     conflict: str
     story: str
     aligned_action: str
-    rationale: str
+    rationale: str | None = None  # None: no rationale (the authors' activation files have none)
     violating_action: str | None = None
     kind: str = field(default="activation", init=False)
 

@@ -6,7 +6,9 @@ Conventions:
 - `parse_row(raw, where)` turns one raw mapping into a record or reports every problem in it:
   missing/unknown fields, unknown kind/value/language (with the closest name suggested), empty
   text, text not in the record's language (zh text needs Chinese characters; en text must not be
-  mostly Chinese), invalid UTF-8 (surrogate-escaped bytes), aligned == violating action.
+  mostly Chinese), invalid UTF-8 (surrogate-escaped bytes), aligned == violating action. An
+  optional field (an activation record's rationale or violating action) may be absent or null;
+  given as a string it is checked like any text field (empty or blank text is a problem).
   Value names are normalised to ids, `lang` to lower case, text fields stripped.
 - `check_collection(items)` finds duplicate ids, duplicate scenarios (same kind, language, text
   and actions) and inconsistent zh/en pairs. The first occurrence is kept, later ones flagged.

@@ -44,6 +44,10 @@ def collect_sharded(pool, items: Sequence, conditions: Sequence[str] | None = No
         raise JaxValuesError("nothing to collect: the dataset is empty")
     if not records and conditions is None:
         raise JaxValuesError("collect_sharded: pass the condition names of the examples")
+    if records:
+        from jaxvalues.stats.records import check_selection
+
+        check_selection(items, scheme, collect_kw.get("token_selection", "content"))  # before any shard runs
     if shards is None and shard_size is None:
         shard_size = DEFAULT_SHARD_SIZE
     plan = plan_shards(len(items), num_shards=shards, shard_size=shard_size)

@@ -6,7 +6,8 @@
 
 token_selection: "content" (default) counts the record's own text (story, action, rationale) and
 not the chat template, field labels or question; "all" every token; "rationale" the rationale
-(scheme "stance": the answer); "last_k" the last k tokens (jaxvalues.stats.batching).
+(every record needs one; scheme "stance": the answer); "last_k" the last k tokens
+(jaxvalues.stats.batching).
 
 Names are imported lazily so that `jaxvalues --help` (which imports `jaxvalues.stats.cli`)
 does not import JAX.

@@ -17,7 +17,8 @@ Conventions:
   - "all": every token of the sequence, scaffolding included (identical across values: about a
     quarter of the tokens of an activation text).
   - "rationale" (alias "mask"): the tokens of the example's `mask`: for scheme "values" the
-    rationale, for scheme "stance" the answer (action + rationale); same overlap rule.
+    rationale (`collect_records` refuses records without one), for scheme "stance" the answer
+    (action + rationale); same overlap rule.
   - "last_k": the last k tokens of the sequence, whatever they are.
 - Batches mix conditions: each row carries its own condition and reduces on device to its own
   [L, N] partial (never [C, L, N]); the host adds each row's partial to that row's condition.

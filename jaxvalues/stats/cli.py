@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--token-selection", choices=("content", "all", "rationale", "last_k"), default="content",
                    help="tokens counted: content = the record's story, action and rationale (default; no chat "
                    "template, field labels or question); all = every token; rationale = the rationale "
-                   "(stance: the answer); last_k = the last K tokens; persona counts the generated answer")
+                   "(every record needs one; stance: the answer); last_k = the last K tokens; persona counts "
+                   "the generated answer")
     p.add_argument("--k", type=int, default=16, help="tokens counted per example with last_k")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=65536, help="max tokens per batch (rows × length)")
@@ -48,7 +49,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     import jaxvalues as jv
     from jaxvalues.data.io import load_records
     from jaxvalues.errors import ConfigError
-    from jaxvalues.stats.records import collect_records, interleave_by_value
+    from jaxvalues.stats.records import check_selection, collect_records, interleave_by_value
 
     from jaxvalues.stats.checkpoint import check_stats_out
 
@@ -61,6 +62,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     records = load_records(args.dataset if len(args.dataset) > 1 else args.dataset[0], kind="activation",
                            lang=args.lang, values=values)
     records = interleave_by_value(records, args.max_records)
+    check_selection(records, args.scheme, args.token_selection)  # before loading the model
     lm = jv.load_model(args.model, dtype=args.dtype)
     chat = {"auto": None, "yes": True, "no": False}[args.chat]
     if args.scheme == "persona":

@@ -3,7 +3,10 @@
 Condition schemes:
 - "values": 12 conditions, the value ids in the authors' order (`jaxvalues.data.values`); each
   activation record is rendered with its aligned action + rationale; its segment mask is the
-  rationale tokens.
+  rationale tokens. token_selection="rationale" therefore needs every record to have a
+  rationale (records imported from the authors' activation workbook have none):
+  `check_selection` raises naming the first record without one, before any tokenizing or model
+  work; "content" and "all" work on such records (no rationale segment).
 - "stance": 24 conditions "{value}-support" / "{value}-conflict" (the authors' later variant):
   the record rendered with the aligned action (+ rationale) and, when it has a violating
   action, with the violating action. The segment mask is the answer (action + rationale). The
@@ -49,6 +52,18 @@ def interleave_by_value(records: Sequence, limit: int | None = None) -> list:
             if q:
                 out.append(q.pop(0))
     return out if limit is None else out[:limit]
+
+
+def check_selection(records: Sequence, scheme: str = "values", token_selection: str = "content") -> None:
+    """Raise `ConfigError` when `token_selection` cannot be applied to `records`: "rationale"
+    (alias "mask") with scheme "values" counts only rationale tokens, so a record without a
+    rationale would count nothing. (Scheme "stance" masks the answer, which always has the action.)"""
+    if scheme != "values" or token_selection not in ("rationale", "mask"):
+        return
+    for rec in records:
+        if getattr(rec, "kind", "activation") == "activation" and not getattr(rec, "rationale", None):
+            raise ConfigError(f"record {rec.id!r} has no rationale: token_selection={token_selection!r} counts "
+                              "rationale tokens and needs every record to have one; use 'content' or 'all'")
 
 
 def _encode(rendered, tokenizer, segments: Sequence[str] | None):
@@ -113,6 +128,7 @@ def collect_records(lm, records: Sequence, *, scheme: str = "values", token_sele
     "rationale", "last_k" (see jaxvalues.stats.batching)."""
     from jaxvalues.stats.collect import collect
 
+    check_selection(records, scheme, token_selection)
     examples, names = examples_from_records(records, lm.tokenizer, scheme,
                                             masks=token_selection in MASKED_SELECTIONS, chat=chat)
     meta = {"scheme": scheme, "records": len(records)}
