@@ -64,6 +64,9 @@ def validate_run(run_dir, size: int = 16, controls: int = 3, seed: int = 0, torc
     run = Path(run_dir)
     cfg, conds, table = _read_run(run)
     mode, gamma = cfg["evaluate"]["mode"], cfg["evaluate"].get("gamma")
+    if cfg["evaluate"].get("protocol", "choice") != "choice":
+        raise ConfigError(f"--run {run}: validate --run re-scores the choice protocol; this run generated replies "
+                          f"(protocol {cfg['evaluate']['protocol']!r}); use `jaxvalues validate --model` for parity")
     if mode not in ("zero", "scale"):
         raise ConfigError(f"--run {run}: validate --run re-applies modes zero and scale; this run used {mode!r}")
     base = table[table["kind"] == "baseline"]

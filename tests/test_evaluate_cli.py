@@ -67,10 +67,13 @@ def test_generate_protocol_steer(setup, capsys, tmp_path):
                           "--no-perplexity", "--out", str(tmp_path), "--json")
     assert code == 0, err
     summary = json.loads(out)
-    assert summary["protocol"] == "generate" and summary["headline_metric"] == "shift"
+    assert summary["protocol"] == "generate" and summary["metric"] == "delta_support"  # on the engine
     assert summary["num_dilemmas"] == 3  # --lang en --max-records 1: one record per value (3)
-    counts = summary["unparseable"]["targeted"]
-    assert sum(counts.values()) == 2 * 3  # every reply counted (both orders)
+    from jaxvalues.evaluate.support import REPLY_STATUSES
+
+    counts = summary["unparseable"]["value:integrity"]
+    assert sum(counts[k] for k in REPLY_STATUSES) == 2 * 3  # every reply counted (both orders)
+    assert counts["incomplete"] + counts["scored"] == 3  # and every dilemma
     replies = pd.read_parquet(tmp_path / "replies.parquet")
     assert len(replies) == 2 * 2 * 3 and "reply" in replies.columns
 

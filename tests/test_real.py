@@ -88,3 +88,25 @@ def test_packaged_model_loads_without_torch_and_tokenizes_like_autotokenizer(lm)
     msgs = [{"role": "user", "content": texts[0]}]
     assert (lm.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             == auto.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+
+
+def test_preset_authors_runs_reduced(tmp_path, capsys):
+    """The authors' protocol end to end on a real model (reduced sizes; bfloat16 as in the preset):
+    persona answers, decision/semantic neurons, support-rate generation, zero + steer both ways."""
+    out = tmp_path / "authors"
+    sets = ["values=[integrity, justice]", "collect.max_new_tokens=16", "evaluate.max_new_tokens=32",
+            "evaluate.controls=2", "evaluate.authors_controls=1", "evaluate.perplexity_texts=1",
+            "evaluate.bootstrap=100", "evaluate.max_model_len=1000"]  # smollm2 spends ~660 tokens on a zh prompt
+    rc = main(["run", "--preset", "authors", "--model", MODEL, "--max-records", "2",
+               *[a for s in sets for a in ("--set", s)], "--out", str(out), "--json", "--no-progress"])
+    s = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert s["protocol"] == "generate" and s["modes"] == ["zero", "steer", "steer_against"]
+    assert s["dilemmas"] == 4  # 2 values × zh × 2
+    replies = __import__("pandas").read_parquet(out / "replies.parquet")
+    assert sum(s["parse"]["all_replies"].values()) == len(replies) and set(replies["order"]) == {"aligned_first"}
+    assert s["meta"]["dtype"] == "bfloat16"
+    assert {c["mode"] for c in s["cells"]} <= set(s["modes"]) and (out / "report.html").exists()
+    assert list((out / "answers").glob("*.jsonl"))
+    conds = json.loads((out / "conditions.json").read_text())
+    assert len(conds) == 1 + 3 * len({c["value"] for c in s["cells"]}) * (1 + 2 + 1)

@@ -4,13 +4,16 @@
         [--gamma G] [--means FILE]] [--controls R] [--leakage] [--sweep SCORES.npy]
         [--protocol choice|generate] [--max-records N] [--no-perplexity] --out DIR [--json]
 
-The choice protocol with a targeted value (zero/mean/scale) runs on the experiment engine
-(jaxvalues.evaluate.engine), the same code as `jaxvalues run`: DIR/results.parquet (the tidy table)
-and DIR/summary.json (per value × language cells: targeted vs matched controls, excess, p-values,
-Holm/BH, verdict, minimum detectable excess). Rate-matched controls (the default) need the
-collected statistics (--stats DIR) for the firing rates; `--control-kind layer` matches on layer only.
-Size sweeps, steering and the generation protocol write DIR/per_dilemma.parquet,
-DIR/summary_groups.parquet and DIR/summary.json; the generation protocol also DIR/replies.parquet.
+A targeted value (--neurons FILE --value V), in either protocol and any mode, runs on the
+experiment engine (jaxvalues.evaluate.engine), the same code as `jaxvalues run`:
+DIR/results.parquet (the tidy table), DIR/summary.json (per value × language cells: targeted vs
+matched controls, excess, p-values, Holm/BH, verdict, minimum detectable excess) and, for the
+generation protocol, DIR/replies.parquet (every reply with its parse status). Steer is tested
+in the --alternative given (steering towards a value should raise support: --alternative
+greater). Rate-matched controls (the default) need the collected statistics (--stats DIR) for
+the firing rates; `--control-kind layer` matches on layer only. Without a targeted value (a
+baseline, an unnamed set, a size sweep) DIR/per_dilemma.parquet, DIR/summary_groups.parquet and
+DIR/summary.json are written by `jaxvalues.evaluate.experiment`.
 --max-records N keeps the first N evaluation records of each value and language (file order).
 """
 
@@ -189,12 +192,10 @@ def _cmd_evaluate(args) -> int:
     if ni.get("value") and ni["value"] not in present:
         raise ConfigError(f"{args.dataset}: no evaluation records of value {ni['value']!r} to measure the "
                           f"targeted effect on (the records have: {', '.join(present)})")
-    if (args.protocol == "choice" and ni.get("target") is not None and ni.get("value") and args.mode != "steer"
-            and not args.sweep):
-        return _engine_choice(args, lm, records, ni, out_dir)
+    if ni.get("target") is not None and ni.get("value") and not args.sweep:
+        return _engine(args, lm, records, ni, out_dir)
     if args.controls and args.control_kind == "rate_matched":
-        raise ConfigError("rate-matched controls are built for the choice protocol with --value (zero/mean/scale);"
-                          " use --control-kind layer here")
+        raise ConfigError("rate-matched controls are built for a targeted --value; use --control-kind layer here")
     out_dir.mkdir(parents=True, exist_ok=True)
     conds = experiment.build_conditions(
         lm, target=ni.get("target"), mode=args.mode, gamma=args.gamma, means=ni.get("means"),
@@ -240,10 +241,10 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _engine_choice(args, lm, records, ni, out_dir: Path) -> int:
-    """The choice protocol on the experiment engine (the same code path as `jaxvalues run`)."""
+def _engine(args, lm, records, ni, out_dir: Path) -> int:
+    """A targeted value on the experiment engine (the same code path as `jaxvalues run`), for
+    both protocols and every mode (steer: the value's support set ×gain, its conflict set 0)."""
     from jaxvalues.evaluate import engine
-    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts
 
     rates = None
     if args.stats:
@@ -262,26 +263,40 @@ def _engine_choice(args, lm, records, ni, out_dir: Path) -> int:
         raise ConfigError("--controls: rate-matched controls need --stats DIR (collected statistics, for the "
                           "firing rates); or pass --control-kind layer")
     v = ni["value"]
+    if args.mode == "steer" and ni.get("leakage"):
+        raise ConfigError("--leakage: the leakage matrix is computed for zero/mean/scale modes, not steer")
     maps = {v: ni["target"], **{u: m for u, m in (ni.get("leakage") or {}).items() if u != v}}
     conds = engine.build_conditions(maps, mode=args.mode, controls=args.controls, control_kind=args.control_kind,
                                     rates=rates, num_neurons=lm.config.num_neurons, seed=args.seed,
-                                    targeted_scope="all", control_values={v})
+                                    targeted_scope="all", control_values={v},
+                                    conflict_maps={v: ni["conflict"]} if args.mode == "steer" else None)
     orders = ("aligned_first", "aligned_second") if args.orders == "both" else ("aligned_first",)
-    prompts = build_choice_prompts(records, lm.tokenizer, orders=orders, pad_id=lm.pad_id)
-    scorer = ChoiceScorer(lm, args.batch_size)
-    table = engine.run_conditions(lm, prompts, conds, gamma=args.gamma, means=ni.get("means"), gain=args.gain,
-                                  scorer=scorer)
+    kw = dict(gamma=args.gamma, means=ni.get("means"), gain=args.gain)
+    replies, extra = None, {}
+    if args.protocol == "choice":
+        from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts
+
+        prompts = build_choice_prompts(records, lm.tokenizer, orders=orders, pad_id=lm.pad_id)
+        scorer = ChoiceScorer(lm, args.batch_size)
+        table = engine.run_conditions(lm, prompts, conds, scorer=scorer, **kw)
+        extra["compilations"] = scorer.compilations()
+    else:
+        from jaxvalues.evaluate.support import build_support_prompts, status_counts
+
+        prompts = build_support_prompts(records, lm.tokenizer, orders=orders, pad_id=lm.pad_id)
+        table, replies = engine.run_generate(lm, prompts, conds, batch_size=args.batch_size,
+                                             max_new_tokens=args.max_new_tokens, **kw)
+        extra["unparseable"] = status_counts(replies, dilemmas=True)
     summary = engine.summarize(table, values=list(maps), test_values=[v], alternative=args.alternative,
                                alpha=args.alpha, n_boot=args.bootstrap, seed=args.seed, min_label_mass=args.min_label_mass,
                                records=records, rates=rates, conditions=conds, control_kind=args.control_kind)
-    summary.update(protocol="choice", value=v, model=str(args.model), dataset=str(args.dataset), mode=args.mode,
+    summary.update(protocol=args.protocol, value=v, model=str(args.model), dataset=str(args.dataset), mode=args.mode,
                    gamma=args.gamma, control_draws=args.controls, seed=args.seed,
-                   conditions=[c.name for c in conds], num_dilemmas=len(records),
-                   compilations=scorer.compilations())
+                   conditions=[c.name for c in conds], num_dilemmas=len(records), **extra)
     if not args.no_perplexity:
         from jaxvalues.evaluate.perplexity import perplexity_table, summarize_perplexity
 
-        iv = conds[1].intervention(gamma=args.gamma, means=ni.get("means"), gain=args.gain)
+        iv = conds[1].intervention(**kw)
         ppl = perplexity_table(lm, {"baseline": None, "targeted": iv}, batch_size=args.batch_size)
         summary["perplexity"] = engine.clean(summarize_perplexity(ppl))
     else:
@@ -289,6 +304,8 @@ def _engine_choice(args, lm, records, ni, out_dir: Path) -> int:
     summary["plain_summary"] = engine.plain_summary(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic(out_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    if replies is not None:
+        _atomic(out_dir / "replies.parquet", lambda p: replies.to_parquet(p, index=False))
     if ppl is not None:
         _atomic(out_dir / "perplexity.parquet", lambda p: ppl.to_parquet(p, index=False))
     text = json.dumps(summary, ensure_ascii=False, indent=2, allow_nan=False)

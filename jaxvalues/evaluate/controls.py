@@ -15,7 +15,11 @@ Conventions:
   z = (t − mean) / sd, two-sided rank and parametric p (`inference`); the choice-protocol verdict
   is `engine.summarize`.
 - Rate-matched controls (`random_matched`, the default of `run` and `evaluate`): layer and
-  within-layer firing-rate decile matched one for one.
+  within-layer firing-rate decile matched one for one. Steer controls (`draw_steer_controls`):
+  a matched draw of the support-only ∪ conflict-only neurons, split per layer at random.
+- The authors' random baseline (`random_authors`, `authors_size`): unmatched, reported beside the
+  matched controls only (see PAPER.md: total split over all layers at random cut points, ids
+  drawn with replacement; for steer, size = half the per-layer symmetric-difference counts).
 - Size sweep (`top_fraction`): the max(1, round(f·L·N)) neurons with the lowest score (e.g. VAPE
   entropy; +inf/NaN = not a candidate), ties broken by (layer, neuron) order.
 - Leakage (`leakage_matrix`): M[v, u] = mean change of `metric` on value u's dilemmas when
@@ -32,6 +36,10 @@ from jaxvalues.errors import ConfigError, JaxValuesError
 from jaxvalues.models.intervention import Intervention
 
 MODES = ("zero", "mean", "scale", "steer")
+# run/engine modes: "steer" steers towards the value (×gain on its support-only neurons, 0 on its
+# conflict-only ones), "steer_against" swaps the two sets (the authors' direction 1)
+RUN_MODES = ("zero", "mean", "scale", "steer", "steer_against")
+STEER_MODES = ("steer", "steer_against")
 SWEEP_FRACTIONS = (0.001, 0.005, 0.01, 0.02, 0.05)
 
 
@@ -202,20 +210,65 @@ random_matched.last_spill = 0
 
 
 def draw_controls(neurons: Mapping, num_neurons: int, draws: int, seed: int, kind: str = "rate_matched",
-                  rates=None) -> list[dict[int, list[int]]]:
+                  rates=None, exclude: Mapping | None = None) -> list[dict[int, list[int]]]:
     """Random control maps of `kind`: "rate_matched" (layer + firing-rate bin, needs `rates`) or
-    "layer" (`random_like`: per-layer counts only)."""
+    "layer" (`random_like`: per-layer counts only); never the targeted neurons nor `exclude`."""
     if kind not in CONTROL_KINDS:
         raise ConfigError(f"control kind: expected one of {', '.join(CONTROL_KINDS)}, got {kind!r}")
     if not draws:
         return []
     if kind == "layer":
-        return random_like(neurons, num_neurons, draws, seed)
-    if kind == "rate_matched":
-        if rates is None:
-            raise ConfigError("rate-matched controls need firing rates from collected statistics")
-        return random_matched(neurons, rates, draws, seed)
-    raise ConfigError(f"control kind: expected one of {', '.join(CONTROL_KINDS)}, got {kind!r}")
+        return random_like(neurons, num_neurons, draws, seed, exclude=exclude)
+    if rates is None:
+        raise ConfigError("rate-matched controls need firing rates from collected statistics")
+    return random_matched(neurons, rates, draws, seed, exclude=exclude)
+
+
+def draw_steer_controls(support: Mapping, conflict: Mapping, num_neurons: int, draws: int, seed: int,
+                        kind: str = "rate_matched", rates=None) -> list[tuple[dict, dict]]:
+    """Random (support, conflict) pairs for a steer condition: one `draw_controls` draw of the
+    union of the support-only and conflict-only neurons (matched on layer and, for
+    "rate_matched", firing-rate bin; never a targeted neuron of either set), split at random in
+    each layer into a support part and a conflict part of the targeted per-layer sizes."""
+    up, down = _minus(support, conflict), _minus(conflict, support)
+    union = normalize_map({l: up.get(l, []) + down.get(l, []) for l in set(up) | set(down)})
+    s_all, c_all = normalize_map(support), normalize_map(conflict)
+    both = normalize_map({l: set(s_all.get(l, ())) | set(c_all.get(l, ())) for l in set(s_all) | set(c_all)})
+    out = []
+    for r, m in enumerate(draw_controls(union, num_neurons, draws, seed, kind, rates, exclude=both)):
+        rng = np.random.default_rng([int(seed), r, 1])
+        s, c = {}, {}
+        for layer, idx in m.items():
+            idx = list(rng.permutation(idx))
+            k = len(up.get(layer, []))
+            s[layer], c[layer] = sorted(int(x) for x in idx[:k]), sorted(int(x) for x in idx[k:])
+        out.append((normalize_map(s), normalize_map(c)))
+    return out
+
+
+def random_authors(size: int, num_layers: int, num_neurons: int, draws: int = 20,
+                   seed: int = 0) -> list[dict[int, list[int]]]:
+    """The authors' random baseline: `size` neurons split over ALL layers at random cut points
+    (num_layers − 1 cut points uniform in 0..size, sorted), ids drawn uniformly WITH replacement in
+    each layer (duplicates collapse, so a draw can hold fewer than `size` neurons), targeted
+    neurons not excluded. Nothing is matched: it is reported beside the matched controls, never
+    used for the verdict. Draw r uses `np.random.default_rng([seed, r, 13])`."""
+    out = []
+    for r in range(int(draws)):
+        rng = np.random.default_rng([int(seed), r, 13])
+        cuts = np.sort(rng.integers(0, int(size) + 1, size=max(int(num_layers) - 1, 0)))
+        sizes = np.diff(np.concatenate([[0], cuts, [int(size)]]))
+        out.append(normalize_map({l: rng.integers(0, num_neurons, size=int(k)).tolist()
+                                  for l, k in enumerate(sizes) if k}))
+    return out
+
+
+def authors_size(neurons: Mapping, conflict: Mapping | None = None) -> int:
+    """How many neurons the authors' random baseline draws: the targeted count; for steer, half
+    the summed per-layer symmetric-difference counts of the support and conflict sets."""
+    if conflict is None:
+        return total(neurons)
+    return int(round((total(_minus(neurons, conflict)) + total(_minus(conflict, neurons))) / 2))
 
 
 def mean_rate(neurons: Mapping, rates) -> float:
@@ -227,21 +280,9 @@ def mean_rate(neurons: Mapping, rates) -> float:
 
 def random_steer_like(support: Mapping, conflict: Mapping, num_neurons: int, draws: int = 20,
                       seed: int = 0) -> list[tuple[dict, dict]]:
-    """Random (support, conflict) pairs matching the per-layer sizes of support-only and conflict-only."""
-    up, down = _minus(support, conflict), _minus(conflict, support)
-    union = normalize_map({l: up.get(l, []) + down.get(l, []) for l in set(up) | set(down)})
-    both = normalize_map({l: set(normalize_map(support).get(l, ())) | set(normalize_map(conflict).get(l, ()))
-                          for l in set(normalize_map(support)) | set(normalize_map(conflict))})
-    out = []
-    for r, m in enumerate(random_like(union, num_neurons, draws, seed, exclude=both)):
-        rng = np.random.default_rng([int(seed), r, 1])
-        s, c = {}, {}
-        for layer, idx in m.items():
-            idx = list(rng.permutation(idx))
-            k = len(up.get(layer, []))
-            s[layer], c[layer] = sorted(int(x) for x in idx[:k]), sorted(int(x) for x in idx[k:])
-        out.append((normalize_map(s), normalize_map(c)))
-    return out
+    """Random (support, conflict) pairs matching the per-layer sizes of support-only and conflict-only
+    (`draw_steer_controls` with layer-only matching)."""
+    return draw_steer_controls(support, conflict, num_neurons, draws, seed, kind="layer")
 
 
 def control_report(target: float, controls) -> dict:

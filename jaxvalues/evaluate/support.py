@@ -113,41 +113,63 @@ def _decode(tokenizer, row, eos: set, budget: int | None = None) -> str:
 
 
 def generate_replies(lm, prompts: SupportPrompts, conditions: Sequence, max_new_tokens: int = 250,
-                     batch_size: int = 8, seq_multiple: int = 32) -> list[list[str]]:
-    """Greedy replies -> replies[c][p] for every condition c and prompt row p."""
+                     batch_size: int = 8, seq_multiple: int = 32, rows=None, on_batch=None) -> list[list]:
+    """Greedy replies -> replies[c][p] for every condition c and prompt row p (None where the
+    optional bool [C, P] `rows` mask leaves the pair out). on_batch(): called after each batch."""
     cfg = lm.config
     bank = ConditionBank(conditions, cfg.num_layers, cfg.num_neurons)
-    out: list[list[str]] = [[""] * prompts.num_rows for _ in range(len(conditions))]
+    out: list[list] = [[None if rows is not None else ""] * prompts.num_rows for _ in range(len(conditions))]
     eos = set(lm.eos_ids)
     budgets = prompts.budgets(max_new_tokens)
-    for pi, ci, n in flat_batches(prompts.lengths, len(conditions), int(batch_size)):
+    for pi, ci, n in flat_batches(prompts.lengths, len(conditions), int(batch_size), rows):
         ids, mask = bucket(prompts.input_ids[pi], prompts.attention_mask[pi], seq_multiple)
         new = lm.generate(ids, max_new_tokens, intervention=bank.batch(ci), attention_mask=mask,
                           return_text=False)
         for k in range(n):
             out[ci[k]][pi[k]] = _decode(lm.tokenizer, np.asarray(new[k]), eos, int(budgets[pi[k]]))
+        if on_batch is not None:
+            on_batch()
     return out
 
 
-def reply_table(prompts: SupportPrompts, replies: list[list[str]], names: Sequence[str]):
+def num_generate_batches(prompts: SupportPrompts, num_conditions: int, batch_size: int, rows=None) -> int:
+    """How many batches `generate_replies` runs (for a progress bar)."""
+    from jaxvalues.evaluate.batching import num_batches
+
+    pairs = num_conditions * prompts.num_rows if rows is None else int(np.asarray(rows, bool).sum())
+    return num_batches(pairs, int(batch_size))
+
+
+def reply_table(prompts: SupportPrompts, replies: list[list[str]], names: Sequence[str], rows=None):
     """One row per (condition, dilemma, order), skipped prompts included (status
-    "skipped_too_long", empty reply): reply, support_a, support_b, status, support_aligned."""
+    "skipped_too_long", empty reply): reply, support_a, support_b, status, support_aligned.
+    rows: the optional bool [C, P] scope mask of `generate_replies` (pairs outside it are left
+    out; a skipped prompt is listed for the conditions whose scope holds its dilemma)."""
     import pandas as pd
 
-    rows = []
+    scoped = None
+    if rows is not None:
+        rows = np.asarray(rows, bool)
+        values = np.array([m["value"] for m in prompts.meta])
+        scoped = [set(values[prompts.dilemma[rows[c]]]) for c in range(len(names))]
+    out_rows = []
     for c, name in enumerate(names):
         for p in range(prompts.num_rows):
+            if rows is not None and not rows[c, p]:
+                continue
             m = prompts.meta[prompts.dilemma[p]]
             order = int(prompts.order[p])
             parsed = parse_support(replies[c][p])
             aligned = parsed.for_label("A" if order == 0 else "B")
-            rows.append({"condition": name, **m, "order": ORDER_NAMES[order], "reply": replies[c][p],
-                         "support_a": parsed.a, "support_b": parsed.b, "status": parsed.status,
-                         "support_aligned": np.nan if aligned is None else float(aligned)})
+            out_rows.append({"condition": name, **m, "order": ORDER_NAMES[order], "reply": replies[c][p],
+                             "support_a": parsed.a, "support_b": parsed.b, "status": parsed.status,
+                             "support_aligned": np.nan if aligned is None else float(aligned)})
         for d, order, _n in prompts.skipped:
-            rows.append({"condition": name, **prompts.meta[d], "order": ORDER_NAMES[order], "reply": "",
-                         "support_a": None, "support_b": None, "status": SKIPPED, "support_aligned": np.nan})
-    return pd.DataFrame(rows)
+            if scoped is not None and prompts.meta[d]["value"] not in scoped[c]:
+                continue
+            out_rows.append({"condition": name, **prompts.meta[d], "order": ORDER_NAMES[order], "reply": "",
+                             "support_a": None, "support_b": None, "status": SKIPPED, "support_aligned": np.nan})
+    return pd.DataFrame(out_rows)
 
 
 def support_table(replies_df):

@@ -286,6 +286,38 @@ def combined_neurons(ns: NeuronSet, value: str | Sequence[str], num_layers: int 
     return {layer: sorted(ids) for layer, ids in sorted(out.items())}
 
 
+def stance_maps(ns: NeuronSet, values: Sequence[str], num_layers: int | None = None,
+                apply: str = "combined") -> tuple[dict, dict]:
+    """({v: support map}, {v: conflict map}) of a `stance_neurons` set ("{v}-support" /
+    "{v}-conflict" rows) as the authors apply them: "combined" = `combined_neurons` (decision
+    neurons on the decision layers ∪ semantic neurons on the semantic layers); "decision" or
+    "semantic" = that kind on its own layers only. Values without rows get empty maps."""
+    L = num_layers or ns.num_layers
+    if L is None:
+        raise ConfigError("stance_maps needs num_layers (this neuron set does not record it)")
+    if apply not in ("combined", *KINDS):
+        raise ConfigError(f"apply: expected 'combined' or one of {', '.join(KINDS)}, got {apply!r}")
+    split = authors_layer_split(L)
+
+    def one(name):
+        if name not in ns.values:
+            return {}
+        if apply == "combined":
+            return combined_neurons(ns, name, L)
+        keep = set(split[apply])
+        return {l: ids for l, ids in ns.neurons(name, kind=apply).items() if l in keep}
+
+    return ({v: one(f"{v}-support") for v in values}, {v: one(f"{v}-conflict") for v in values})
+
+
+def from_maps(maps: Mapping[str, Mapping], method: str, **kw) -> NeuronSet:
+    """A NeuronSet holding {value: {layer: ids}} maps (score 0, rank by (layer, neuron))."""
+    rows = [{"value": v, "layer": int(l), "neuron": int(n), "score": 0.0, "method": method, "rank": r}
+            for v, m in maps.items()
+            for r, (l, n) in enumerate(sorted((int(l), int(n)) for l, ids in m.items() for n in ids))]
+    return NeuronSet.from_rows(rows, **kw)
+
+
 def stability(a: NeuronSet, b: NeuronSet, values: Sequence[str] | None = None) -> dict[str, float]:
     """Per value: Jaccard between the sets found on two disjoint halves of the data."""
     values = list(values or dict.fromkeys(a.values + b.values))

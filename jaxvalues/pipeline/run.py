@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 from jaxvalues.errors import ConfigError, JaxValuesError
-from jaxvalues.evaluate.engine import check_disjoint, select_records
+from jaxvalues.evaluate.engine import check_disjoint, clean, select_records
 from jaxvalues.pipeline.config import stage_hash
 
 STAGES = ("collect", "identify", "evaluate", "report")
@@ -169,6 +169,11 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     timings["load"] = time.time() - t0
     if lm.tokenizer is None:
         raise JaxValuesError(f"{cfg['model']}: the model has no tokenizer; `jaxvalues run` renders text prompts")
+    prompts = _eval_prompts(lm, cfg, evals)  # before any model work: prompts too long for the budget are errors
+    if getattr(prompts, "skipped", None):
+        _warn(console, f"evaluate: {len(prompts.skipped)} support prompt(s) have evaluate.max_model_len = "
+                       f"{cfg['evaluate']['max_model_len']} tokens or more and are not generated; their dilemmas "
+                       "are counted as incomplete")
 
     # ---- collect -----------------------------------------------------------------------------
     from jaxvalues.identify.neuronset import split_halves
@@ -191,8 +196,15 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
         c = cfg["collect"]
         parts = []
         for d, recs in zip(stat_dirs, halves or [acts]):
-            st = collect_records(lm, recs, scheme="values", token_selection=c["token_selection"], k=c["last_k"],
-                                 batch_size=c["batch_size"], progress=progress)
+            if c["scheme"] == "persona":  # the model's own answers, kept (and resumed) per collect config
+                from jaxvalues.stats.persona import collect_persona
+
+                st = collect_persona(lm, recs, values=cfg["values"], max_new_tokens=c["max_new_tokens"],
+                                     repetition_penalty=c["repetition_penalty"], batch_size=c["batch_size"],
+                                     answers_path=rd.path / "answers" / f"{h_collect}.jsonl", progress=progress)
+            else:
+                st = collect_records(lm, recs, scheme="values", token_selection=c["token_selection"],
+                                     k=c["last_k"], batch_size=c["batch_size"], progress=progress)
             save_stats(st, rd.path / "stats" / d)
             parts.append(st)
         rd.mark("collect", h_collect, time.time() - t)
@@ -200,7 +212,7 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     timings["collect"] = rd.stages["collect"]["seconds"]
 
     # ---- identify ----------------------------------------------------------------------------
-    from jaxvalues.identify.neuronset import NeuronSet, stability
+    from jaxvalues.identify.neuronset import NeuronSet, from_maps, stability, stance_maps
     from jaxvalues.identify.vape import vape
 
     h_identify = stage_hash(cfg, "identify", h_collect)
@@ -208,6 +220,22 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     values = [v for v in cfg["values"]]
     rates = dict(filter_rate=idc["filter_rate"], top_rate=idc["top_rate"],
                  activation_bar_ratio=idc["activation_bar_ratio"])
+    stance = idc["method"] == "vape-stance"
+    L, N = lm.config.num_layers, lm.config.num_neurons
+
+    def select(st):
+        """-> (the stored NeuronSet, the set applied per value, selection report)."""
+        if not stance:
+            res = vape(st, values, **rates)
+            ns = res.to_neuronset("vape")
+            return ns, ns, res.report()
+        from jaxvalues.identify.vape import stance_neurons
+
+        ns, report = stance_neurons(st, values, top_rate=idc["top_rate"])
+        ns.num_layers, ns.num_neurons = L, N
+        return ns, from_maps(stance_maps(ns, values, L, idc["apply"])[0], "vape-stance", num_layers=L,
+                             num_neurons=N), report
+
     stored = rd.resume("identify", h_identify, lambda: (NeuronSet.load(rd.path / "neurons.parquet"),
                                                          _read_json(rd.path / "identify.json")), console)
     if stored is not None:
@@ -215,19 +243,24 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
         ns, ident = stored
     else:
         t = time.time()
-        res = vape(stats, values, **rates)
-        ns = res.to_neuronset("vape")
-        names, overlap = ns.overlap(values)
-        hist = ns.layer_histogram(lm.config.num_layers)
-        ident = {"selection": res.report(), "counts": {v: len(ns.pairs(v)) if v in ns.values else 0 for v in values},
+        ns, applied, report = select(stats)
+        names, overlap = applied.overlap(values)
+        hist = applied.layer_histogram(L)
+        ident = {"method": idc["method"], "selection": report,
+                 "counts": {v: len(applied.pairs(v)) if v in applied.values else 0 for v in values},
                  "overlap": {"values": names, "jaccard": np.asarray(overlap).tolist()},
                  "layer_histogram": {v: np.asarray(h).tolist() for v, h in hist.items()},
                  "held_out": {"activation_records": len(acts), "evaluation_records": len(evals), **disjoint}}
+        if stance:
+            from jaxvalues.identify.neuronset import authors_layer_split
+
+            ident["applied"] = {"sets": idc["apply"], "layers": authors_layer_split(L),
+                                "counts": "support set per value as applied (kinds on their own layers)"}
         if len(parts) == 2:
-            a, b = (vape(p, values, **rates).to_neuronset("vape") for p in parts)
-            ident["stability"] = {"method": "split-half by pair_id: VAPE on each half, Jaccard of the sets",
-                                  "records": [len(h) for h in halves],
-                                  "jaccard": {v: _num(j) for v, j in stability(a, b, values).items()}}
+            a, b = (select(p)[1] for p in parts)
+            ident["stability"] = {"method": f"split-half by pair_id: {idc['method']} on each half, Jaccard of the "
+                                            "sets", "records": [len(h) for h in halves],
+                                  "jaccard": clean(stability(a, b, values))}
         ns.save(rd.path / "neurons.parquet")
         rd.write_json("identify.json", ident)
         rd.mark("identify", h_identify, time.time() - t)
@@ -242,7 +275,7 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
         _say(console, "evaluate: [green]done[/green] (resumed)")
     else:
         t = time.time()
-        summary = _evaluate(lm, cfg, ns, stats, cfg["evaluate"]["values"], evals, rd, console, progress)
+        summary = _evaluate(lm, cfg, ns, stats, cfg["evaluate"]["values"], evals, prompts, rd, console, progress)
         timings["evaluate"] = time.time() - t
         summary["meta"] = _meta(lm, cfg, timings)
         rd.write_json("summary.json", summary)
@@ -256,64 +289,127 @@ def run_experiment(cfg: dict, out: str | Path, *, max_records: int | None = None
     return summary
 
 
-def _num(x):
-    x = float(x)
-    return None if x != x else x
+def eval_maps(ns, cfg, values, num_layers) -> tuple[dict, dict | None]:
+    """({v: the targeted map}, {v: conflict map} or None): what each value's conditions switch."""
+    if cfg["identify"]["method"] == "vape-stance":
+        from jaxvalues.identify.neuronset import stance_maps
+
+        sup, con = stance_maps(ns, values, num_layers, cfg["identify"]["apply"])
+        return {v: m for v, m in sup.items() if m or con[v]}, con
+    return {v: ns.neurons(v) for v in values if v in ns.values and len(ns.pairs(v))}, None
 
 
-def _evaluate(lm, cfg, ns, stats, values, recs, rd: RunDir, console, progress: bool = False) -> dict:
+def _progress_bar(progress: bool, total: int, run):
+    if not progress:
+        return run(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                  TimeRemainingColumn()) as bar:
+        task = bar.add_task("evaluate", total=total)
+        return run(lambda: bar.advance(task))
+
+
+def _eval_prompts(lm, cfg, recs):
+    """The evaluation prompts of the configured protocol (choice: both orders; generate: the
+    configured orders within max_model_len)."""
+    e = cfg["evaluate"]
+    if e["protocol"] == "choice":
+        from jaxvalues.evaluate.choice import build_choice_prompts
+
+        return build_choice_prompts(recs, lm.tokenizer)
+    from jaxvalues.evaluate.support import build_support_prompts
+
+    orders = ("aligned_first", "aligned_second") if e["orders"] == "both" else ("aligned_first",)
+    try:
+        return build_support_prompts(recs, lm.tokenizer, orders=orders, pad_id=lm.pad_id,
+                                     max_model_len=e["max_model_len"])
+    except ConfigError as err:
+        raise ConfigError(f"evaluate.max_model_len: {err}") from None
+
+
+def _evaluate(lm, cfg, ns, stats, values, recs, prompts, rd: RunDir, console, progress: bool = False) -> dict:
     from jaxvalues.evaluate import engine
-    from jaxvalues.evaluate.choice import ChoiceScorer, build_choice_prompts
-    from jaxvalues.evaluate.controls import firing_rates, pooled_means
+    from jaxvalues.evaluate.controls import STEER_MODES, firing_rates, pooled_means
     from jaxvalues.evaluate.perplexity import load_neutral_corpus, perplexity_table, summarize_perplexity
 
     e = cfg["evaluate"]
+    modes = [e["mode"]] if isinstance(e["mode"], str) else list(e["mode"])
     rates = firing_rates(stats)
-    means = pooled_means(stats) if e["mode"] == "mean" else None
-    targeted = [v for v in values if v in ns.values and len(ns.pairs(v))]
-    conds = engine.build_conditions({v: ns.neurons(v) for v in targeted}, mode=e["mode"], controls=e["controls"],
-                                    control_kind=e["control_kind"], rates=rates, num_neurons=lm.config.num_neurons,
-                                    seed=cfg["seed"], targeted_scope="all" if e["leakage"] else "own")
-    scorer = ChoiceScorer(lm, e["batch_size"])
-    prompts = build_choice_prompts(recs, lm.tokenizer)
+    means = pooled_means(stats) if "mean" in modes else None
+    maps, conflicts = eval_maps(ns, cfg, values, lm.config.num_layers)
+    targeted = list(maps)
+    conds = engine.build_conditions(maps, mode=modes, controls=e["controls"], control_kind=e["control_kind"],
+                                    rates=rates, num_neurons=lm.config.num_neurons, seed=cfg["seed"],
+                                    targeted_scope="all" if e["leakage"] else "own", conflict_maps=conflicts,
+                                    authors_controls=e["authors_controls"], num_layers=lm.config.num_layers)
+    kw = dict(gamma=e["gamma"], means=means, gain=e["gain"])
     n_ctrl = sum(c.kind == "control" for c in conds)
-    _say(console, f"evaluate: {len(recs)} dilemmas × 2 orders × {1 + len(targeted)} conditions"
-                  f" + {n_ctrl} {e['control_kind']} controls on their value's dilemmas")
-    kw = dict(gamma=e["gamma"], means=means, scorer=scorer)
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    n_auth = sum(c.kind == "authors_random" for c in conds)
+    extra = {}
+    if e["protocol"] == "choice":
+        from jaxvalues.evaluate.choice import ChoiceScorer
 
-        with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
-                      TimeRemainingColumn()) as bar:
-            task = bar.add_task("evaluate", total=engine.num_batches(scorer, prompts, conds))
-            table = engine.run_conditions(lm, prompts, conds, on_batch=lambda: bar.advance(task), **kw)
+        scorer = ChoiceScorer(lm, e["batch_size"])
+        unit = "2 orders"
     else:
-        table = engine.run_conditions(lm, prompts, conds, **kw)
+        from jaxvalues.evaluate.support import REPLY_STATUSES, num_generate_batches, status_counts
+
+        orders = ("aligned_first", "aligned_second") if e["orders"] == "both" else ("aligned_first",)
+        unit = f"{len(orders)} order(s), generating up to {e['max_new_tokens']} tokens"
+    _say(console, f"evaluate ({e['protocol']}): {len(recs)} dilemmas × {unit} × {1 + len(targeted) * len(modes)} "
+                  f"conditions + {n_ctrl} {e['control_kind']} controls" + (f" + {n_auth} authors' random draws"
+                                                                           if n_auth else "")
+                  + " on their value's dilemmas")
+    if e["protocol"] == "choice":
+        table = _progress_bar(progress, engine.num_batches(scorer, prompts, conds),
+                              lambda tick: engine.run_conditions(lm, prompts, conds, on_batch=tick, scorer=scorer,
+                                                                 **kw))
+        extra["compilations"] = scorer.compilations()
+    else:
+        table, replies = _progress_bar(
+            progress, num_generate_batches(prompts, len(conds), e["batch_size"], engine.scope_rows(prompts, conds)),
+            lambda tick: engine.run_generate(lm, prompts, conds, batch_size=e["batch_size"],
+                                             max_new_tokens=e["max_new_tokens"], on_batch=tick, **kw))
+        rd.write_parquet("replies.parquet", replies)
+        counts = status_counts(replies, dilemmas=True)
+        extra["parse"] = {"by_condition": {c: n for c, n in counts.items() if not c.split("/")[-1].startswith(
+            ("random:", "authors:"))}, "all_replies": {s: int(sum(n[s] for n in counts.values()))
+                                                       for s in REPLY_STATUSES},
+            "skipped_too_long": len(prompts.skipped), "max_model_len": e["max_model_len"],
+            "max_new_tokens": e["max_new_tokens"], "orders": list(orders)}
     rd.write_parquet("results.parquet", table)
     rd.write_json("conditions.json", {c.name: {"kind": c.kind, "value": c.value, "mode": c.mode, "scope": c.scope,
-                                               "neurons": {str(l): v for l, v in c.neurons.items()}}
+                                               "neurons": {str(l): v for l, v in c.neurons.items()},
+                                               **({"conflict": {str(l): v for l, v in c.conflict.items()}}
+                                                  if c.conflict else {})}
                                       for c in conds})
     summary = engine.summarize(table, values=values, alternative=e["alternative"], alpha=e["alpha"],
                                n_boot=e["bootstrap"], seed=cfg["seed"], min_label_mass=e["min_label_mass"],
                                records=recs, rates=rates, conditions=conds, control_kind=e["control_kind"])
 
-    # general-capability cost: perplexity of neutral text with all value neurons off
+    # general-capability cost: perplexity of neutral text with every value's neurons switched (first mode)
     ppl = None
     if e["perplexity_texts"] and targeted:
         corpus = [c for lang in cfg["languages"] for c in load_neutral_corpus(lang)[: e["perplexity_texts"]]]
-        union: dict[int, set] = {}
-        for v in targeted:
-            for layer, ids in ns.neurons(v).items():
-                union.setdefault(layer, set()).update(ids)
-        allv = engine.Condition("all_values", "targeted", None, {l: sorted(x) for l, x in union.items()}, e["mode"])
-        pconds = {"baseline": None, "all_values": allv.intervention(gamma=e["gamma"], means=means)}
+
+        def union(ms):
+            out: dict[int, set] = {}
+            for m in ms:
+                for layer, ids in m.items():
+                    out.setdefault(layer, set()).update(ids)
+            return {l: sorted(x) for l, x in out.items()}
+
+        first = [c for c in conds if c.kind == "targeted" and c.mode == modes[0]]
+        allv = engine.Condition("all_values", "targeted", None, union(c.neurons for c in first), modes[0],
+                                conflict=union(c.conflict for c in first) if modes[0] in STEER_MODES else None)
+        pconds = {"baseline": None, "all_values": allv.intervention(**kw)}
         ptab = perplexity_table(lm, pconds, corpus, batch_size=e["batch_size"])
         rd.write_parquet("perplexity.parquet", ptab)
         ppl = engine.clean(summarize_perplexity(ptab))
     summary.update({"name": cfg["name"], "model": cfg["model"], "mode": e["mode"], "gamma": e["gamma"],
                     "dilemmas": len(recs), "values": values, "no_neurons": [v for v in values if v not in targeted],
-                    "perplexity": ppl, "compilations": scorer.compilations(),
-                    "plain_summary": engine.plain_summary(summary)})
+                    "perplexity": ppl, **extra, "plain_summary": engine.plain_summary(summary)})
     return summary
 
 
@@ -332,9 +428,10 @@ def _meta(lm, cfg, timings) -> dict:
             "timings_s": {k: round(v, 1) for k, v in timings.items()}}
 
 
-VERDICT_COLUMNS = ("value", "lang", "neurons", "dilemmas", "baseline_p", "targeted", "targeted_lo", "targeted_hi",
-                   "control_mean", "control_sd", "excess", "excess_lo", "excess_hi", "p_param", "p_rank", "p_holm",
-                   "verdict", "mde", "rate_targeted", "rate_controls")
+VERDICT_COLUMNS = ("mode", "value", "lang", "neurons", "dilemmas", "baseline_p", "baseline_support", "targeted",
+                   "targeted_lo", "targeted_hi", "control_mean", "control_sd", "excess", "excess_lo", "excess_hi",
+                   "p_param", "p_rank", "p_holm", "verdict", "mde", "rate_targeted", "rate_controls",
+                   "authors_random_mean", "excess_vs_authors", "p_vs_authors")
 
 
 def verdict_frame(summary: dict):
@@ -354,7 +451,10 @@ def _report(rd: RunDir, cfg, summary, ident, num_layers) -> Path:
     verdict = verdict_frame(summary)
     shift = None
     if len(verdict):
-        shift = verdict.assign(value=verdict["value"] + "/" + verdict["lang"])
+        label = verdict["value"] + "/" + verdict["lang"]
+        if len(summary.get("modes") or []) > 1:
+            label = verdict["mode"] + " " + label
+        shift = verdict.assign(value=label)
     ppl = None
     if summary.get("perplexity"):
         ppl = pd.DataFrame([{"condition": c, "lang": lang, **d} for c, per in summary["perplexity"].items()
@@ -372,11 +472,12 @@ def _report(rd: RunDir, cfg, summary, ident, num_layers) -> Path:
     data = {
         "title": f"jaxvalues: {cfg['name']} ({cfg['model']})",
         "summary_text": summary.get("plain_summary", "") + " " + " ".join(summary.get("notes") or []),
-        "verdict": verdict,
+        "verdict": verdict, "metric": summary.get("metric", "delta_logodds"),
         "meta": meta, "config": yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True),
         "layer_counts": layer_counts, "shift": shift,
         "overlap": (ident["overlap"]["values"], np.array(ident["overlap"]["jaccard"])) if ident.get("overlap") else None,
-        "leakage": (summary["leakage"]["values"], np.array(summary["leakage"]["matrix"], float)),
+        "leakage": ((summary["leakage"]["values"], np.array(summary["leakage"]["matrix"], float))
+                    if np.isfinite(np.array(summary["leakage"]["matrix"], float)).any() else None),
         "perplexity": ppl, "tables": tables,
     }
     return write_report(rd.path, data)

@@ -81,10 +81,10 @@ def _layer_plot(df, out_dir):
     return _save(fig, out_dir, "layers")
 
 
-data_metric_label = "Δ log-odds(aligned)"
+METRIC_LABELS = {"delta_logodds": "Δ log-odds(aligned)", "delta_support": "Δ support for the aligned option (points)"}
 
 
-def _shift_plot(df, out_dir):
+def _shift_plot(df, out_dir, metric: str = "delta_logodds"):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.4))
     x = np.arange(len(df))
@@ -97,8 +97,8 @@ def _shift_plot(df, out_dir):
                capsize=2, label="random neurons (mean ± sd)", color="#bbbbbb")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, df["value"], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(data_metric_label)
-    ax.set_title("Behaviour shift when the neurons are switched off (95% CI)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title("Behaviour shift under the intervention (95% CI)")
     ax.legend(fontsize=8)
     return _save(fig, out_dir, "shift")
 
@@ -120,7 +120,7 @@ def write_report(out_dir: str | Path, data: dict) -> Path:
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"/>'
 
     if data.get("shift") is not None and len(data["shift"]):
-        parts += ["<h2>Behaviour shift: targeted vs random neurons</h2>", img(_shift_plot(data["shift"], out_dir), "shift"),
+        parts += ["<h2>Behaviour shift: targeted vs random neurons</h2>", img(_shift_plot(data["shift"], out_dir, data.get("metric", "delta_logodds")), "shift"),
                   _table(data["shift"])]
     if data.get("layer_counts") is not None and data["layer_counts"].size:
         parts += ["<h2>Value neurons per layer</h2>", img(_layer_plot(data["layer_counts"], out_dir), "layers")]
@@ -131,7 +131,7 @@ def write_report(out_dir: str | Path, data: dict) -> Path:
     if data.get("leakage") is not None:
         names, mat = data["leakage"]
         parts += ["<h2>Leakage: intervening on one value (rows), shift on every value (columns)</h2>",
-                  img(_heatmap(names, mat, "Δ log-odds(aligned)", out_dir, "leakage", cmap="RdBu_r", center=True), "leakage")]
+                  img(_heatmap(names, mat, METRIC_LABELS.get(data.get("metric", "delta_logodds"), "Δ"), out_dir, "leakage", cmap="RdBu_r", center=True), "leakage")]
     if data.get("perplexity") is not None and len(data["perplexity"]):
         parts += ["<h2>General-capability cost: perplexity of neutral text</h2>", _table(data["perplexity"])]
     for title, df in (data.get("tables") or {}).items():
