@@ -182,6 +182,7 @@ def test_summarize_generate_leaves_out_incomplete_dilemmas():
     s = engine.summarize(tab, values=VALUES, alternative="less", n_boot=100)
     c = next(c for c in s["cells"] if (c["value"], c["lang"]) == ("integrity", "zh"))
     assert c["scored"] == 29 and c["incomplete_baseline"] == 1 and c["dilemmas"] == 30
+    assert c["incomplete_rate_targeted"] == 0.0 and c["incomplete_rate_controls"] == 0.0
     assert s["baseline"]["incomplete"] == 1 and s["baseline"]["scored"] == 119
     assert "authors_random_mean" not in c
 

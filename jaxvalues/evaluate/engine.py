@@ -411,6 +411,10 @@ def summarize(table, *, values: Sequence[str] | None = None, alternative="less",
                         "scored": int(tv[metric].notna().sum()),
                         "incomplete_baseline": int(bp["incomplete"].sum()),
                         "incomplete_targeted": int(tv["incomplete"].sum())})
+            ci = table.loc[own & (table["kind"] == "control"), "incomplete"]
+            # does the intervention break the answer format more than comparable neurons do?
+            row["incomplete_rate_targeted"] = float(tv["incomplete"].mean())
+            row["incomplete_rate_controls"] = float(ci.mean()) if len(ci) else float("nan")
         row.update(res)
         _, a = pivot("authors_random", metric)
         if a.shape[0]:
