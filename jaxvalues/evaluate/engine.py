@@ -72,6 +72,16 @@ class Condition:
                                      gain=gain)
 
 
+def check_modes(mode) -> list[str]:
+    """One mode or a list of distinct ones (`controls.RUN_MODES`) -> the list; else a ConfigError."""
+    modes = [mode] if isinstance(mode, str) else list(mode) if isinstance(mode, (list, tuple)) else None
+    if (not modes or any(not isinstance(m, str) or m not in ctl.RUN_MODES for m in modes)
+            or len(set(modes)) != len(modes)):
+        raise ConfigError(f"mode: expected one of {', '.join(ctl.RUN_MODES)} or a list of distinct modes, "
+                          f"got {mode!r}")
+    return modes
+
+
 def build_conditions(neuron_maps: Mapping[str, Mapping], *, mode: str | Sequence[str] = "zero", controls: int = 20,
                      control_kind: str = "rate_matched", rates=None, num_neurons: int, seed: int = 0,
                      targeted_scope: str = "all", control_values=None, conflict_maps: Mapping | None = None,
@@ -91,9 +101,7 @@ def build_conditions(neuron_maps: Mapping[str, Mapping], *, mode: str | Sequence
     them."""
     from jaxvalues.data.values import VALUE_IDS
 
-    modes = [mode] if isinstance(mode, str) else list(mode)
-    if not modes or any(m not in ctl.RUN_MODES for m in modes) or len(set(modes)) != len(modes):
-        raise ConfigError(f"mode: expected one or more distinct modes of {', '.join(ctl.RUN_MODES)}, got {mode!r}")
+    modes = check_modes(mode)
     for name, n in (("controls", controls), ("authors_controls", authors_controls)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ConfigError(f"{name}: expected an integer ≥ 0, got {n!r}")
@@ -104,8 +112,7 @@ def build_conditions(neuron_maps: Mapping[str, Mapping], *, mode: str | Sequence
         pre = f"{md}/" if len(modes) > 1 else ""
         steer = md in ctl.STEER_MODES
         for k, (v, m) in enumerate(neuron_maps.items()):
-            m = ctl.normalize_map(m)
-            other = None
+            m, other = ctl.normalize_map(m), None
             if steer:
                 if conflict_maps is None or v not in conflict_maps:
                     raise ConfigError(f"mode {md!r} needs a conflict neuron set for value {v!r} (identify with "
@@ -113,7 +120,7 @@ def build_conditions(neuron_maps: Mapping[str, Mapping], *, mode: str | Sequence
                 other = ctl.normalize_map(conflict_maps[v])
                 if md == "steer_against":
                     m, other = other, m
-                if not (ctl.total(ctl._minus(m, other)) or ctl.total(ctl._minus(other, m))):
+                if m == other:
                     continue  # support and conflict sets equal: steering changes nothing
             elif not m:
                 continue
@@ -122,21 +129,20 @@ def build_conditions(neuron_maps: Mapping[str, Mapping], *, mode: str | Sequence
             if control_values is not None and v not in control_values:
                 continue
             vk = seed * 1000 + 50 * mk + (VALUE_IDS.index(v) if v in VALUE_IDS else k)
+            # (neurons, conflict) pairs; conflict None outside the steer modes
             if steer:
-                for r, (cs, cc) in enumerate(ctl.draw_steer_controls(m, other, num_neurons, controls, vk,
-                                                                     control_kind, rates)):
-                    conds.append(Condition(f"{pre}random:{v}#{r:02d}", "control", v, cs, md, v, cc))
+                drawn = ctl.draw_steer_controls(m, other, num_neurons, controls, vk, control_kind, rates)
                 size = ctl.authors_size(m, other)
-                for r, (a, b) in enumerate(zip(ctl.random_authors(size, num_layers, num_neurons, authors_controls, vk),
-                                               ctl.random_authors(size, num_layers, num_neurons, authors_controls,
-                                                                  vk + 25)) if authors_controls else ()):
-                    conds.append(Condition(f"{pre}authors:{v}#{r:02d}", "authors_random", v, a, md, v, b))
-                continue
-            for r, cm in enumerate(ctl.draw_controls(m, num_neurons, controls, vk, control_kind, rates)):
-                conds.append(Condition(f"{pre}random:{v}#{r:02d}", "control", v, cm, md, v))
-            if authors_controls:
-                for r, a in enumerate(ctl.random_authors(ctl.total(m), num_layers, num_neurons, authors_controls, vk)):
-                    conds.append(Condition(f"{pre}authors:{v}#{r:02d}", "authors_random", v, a, md, v))
+                authors = (list(zip(ctl.random_authors(size, num_layers, num_neurons, authors_controls, vk),
+                                    ctl.random_authors(size, num_layers, num_neurons, authors_controls, vk + 25)))
+                           if authors_controls else [])
+            else:
+                drawn = [(cm, None) for cm in ctl.draw_controls(m, num_neurons, controls, vk, control_kind, rates)]
+                authors = [(a, None) for a in (ctl.random_authors(ctl.total(m), num_layers, num_neurons,
+                                                                  authors_controls, vk) if authors_controls else [])]
+            for kind, tag, draws in (("control", "random", drawn), ("authors_random", "authors", authors)):
+                for r, (cs, cc) in enumerate(draws):
+                    conds.append(Condition(f"{pre}{tag}:{v}#{r:02d}", kind, v, cs, md, v, cc))
     return conds
 
 
@@ -367,8 +373,6 @@ def summarize(table, *, values: Sequence[str] | None = None, alternative="less",
     base = table[table["kind"] == BASELINE]
     if base.empty:
         raise JaxValuesError("the table has no baseline rows")
-    tmode = table["mode"] if "mode" in table.columns else np.where(table["kind"] == BASELINE, None, "zero")
-    table = table.assign(mode=tmode)
     modes = list(dict.fromkeys(table.loc[table["kind"] != BASELINE, "mode"].dropna()))
     alts = _alternatives(alternative, modes or ["zero"])
     low = set(base.loc[base["label_mass"] < min_label_mass, "record_id"]) if choice else set()

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from jaxvalues.errors import ConfigError
-from jaxvalues.evaluate.controls import CONTROL_KINDS, RUN_MODES, STEER_MODES
+from jaxvalues.evaluate.controls import CONTROL_KINDS, STEER_MODES
 from jaxvalues.evaluate.inference import ALTERNATIVES
 
 DEFAULTS: dict = {
@@ -59,7 +59,6 @@ PRESETS: dict = {
                      "controls": 20, "authors_controls": 20, "leakage": False, "batch_size": 8},
     },
 }
-MODES = RUN_MODES
 SECTIONS = ("collect", "identify", "evaluate")
 SCHEMES = ("values", "persona")
 SELECTIONS = ("content", "all", "rationale", "last_k")
@@ -181,21 +180,24 @@ def validate_config(cfg: dict, where: str = "config") -> dict:
             raise ConfigError(f"{where}: {sect}.{key}: expected true or false, got {cfg[sect][key]!r}")
     if e["control_kind"] not in CONTROL_KINDS:
         raise ConfigError(f"{where}: evaluate.control_kind: expected one of {CONTROL_KINDS}, got {e['control_kind']!r}")
-    modes = [e["mode"]] if isinstance(e["mode"], str) else e["mode"]
-    if (not isinstance(modes, list) or not modes or any(not isinstance(m, str) or m not in MODES for m in modes)
-            or len(set(modes)) != len(modes)):
-        raise ConfigError(f"{where}: evaluate.mode: expected one of {MODES} or a list of distinct ones, "
-                          f"got {e['mode']!r}")
+    from jaxvalues.evaluate.engine import _alternatives, check_modes
+
+    try:
+        modes = check_modes(e["mode"])
+    except ConfigError as err:
+        raise ConfigError(f"{where}: evaluate.{err}") from None
     alt = e["alternative"]
-    if isinstance(alt, dict):
-        bad = {k: v for k, v in alt.items() if k not in modes or v not in ALTERNATIVES}
-        if bad or any(m not in alt for m in modes):
+    try:
+        _alternatives(alt, modes)
+        if isinstance(alt, dict) and any(k not in modes for k in alt):
+            raise ConfigError("a direction for a mode that is not run")
+    except ConfigError:
+        if isinstance(alt, dict):
             raise ConfigError(f"{where}: evaluate.alternative: expected one direction of {ALTERNATIVES} for each "
-                              f"mode {modes}, got {alt!r}")
-    elif alt not in ALTERNATIVES:
+                              f"mode {modes}, got {alt!r}") from None
         raise ConfigError(f"{where}: evaluate.alternative: expected one of {ALTERNATIVES} (the direction fixed "
                           f"before the run; 'less': ablation lowers P(aligned)) or a mapping mode -> direction, "
-                          f"got {alt!r}")
+                          f"got {alt!r}") from None
     for sect, key, choices in (("collect", "scheme", SCHEMES), ("identify", "apply", APPLY),
                                ("evaluate", "protocol", PROTOCOLS), ("evaluate", "orders", ORDERS)):
         if cfg[sect][key] not in choices:

@@ -300,14 +300,16 @@ def eval_maps(ns, cfg, values, num_layers) -> tuple[dict, dict | None]:
 
 
 def _progress_bar(progress: bool, total: int, run):
-    if not progress:
-        return run(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """run(on_batch) under the project's progress bar (`distributed.progress.ProgressBar`)."""
+    from jaxvalues.distributed.progress import ProgressBar
 
-    with Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
-                  TimeRemainingColumn()) as bar:
-        task = bar.add_task("evaluate", total=total)
-        return run(lambda: bar.advance(task))
+    with ProgressBar(total, "batches", "evaluate", enabled=progress) as bar:
+        return run(bar.advance if progress else None)
+
+
+def _orders(e: dict) -> list[str]:
+    """The generation protocol's option orders of an `evaluate` section."""
+    return ["aligned_first", "aligned_second"] if e["orders"] == "both" else ["aligned_first"]
 
 
 def _eval_prompts(lm, cfg, recs):
@@ -320,7 +322,7 @@ def _eval_prompts(lm, cfg, recs):
         return build_choice_prompts(recs, lm.tokenizer)
     from jaxvalues.evaluate.support import build_support_prompts
 
-    orders = ("aligned_first", "aligned_second") if e["orders"] == "both" else ("aligned_first",)
+    orders = _orders(e)
     try:
         return build_support_prompts(recs, lm.tokenizer, orders=orders, pad_id=lm.pad_id,
                                      max_model_len=e["max_model_len"])
@@ -355,7 +357,7 @@ def _evaluate(lm, cfg, ns, stats, values, recs, prompts, rd: RunDir, console, pr
     else:
         from jaxvalues.evaluate.support import REPLY_STATUSES, num_generate_batches, status_counts
 
-        orders = ("aligned_first", "aligned_second") if e["orders"] == "both" else ("aligned_first",)
+        orders = _orders(e)
         unit = f"{len(orders)} order(s), generating up to {e['max_new_tokens']} tokens"
     _say(console, f"evaluate ({e['protocol']}): {len(recs)} dilemmas × {unit} × {1 + len(targeted) * len(modes)} "
                   f"conditions + {n_ctrl} {e['control_kind']} controls" + (f" + {n_auth} authors' random draws"
@@ -377,7 +379,7 @@ def _evaluate(lm, cfg, ns, stats, values, recs, prompts, rd: RunDir, console, pr
             ("random:", "authors:"))}, "all_replies": {s: int(sum(n[s] for n in counts.values()))
                                                        for s in REPLY_STATUSES},
             "skipped_too_long": len(prompts.skipped), "max_model_len": e["max_model_len"],
-            "max_new_tokens": e["max_new_tokens"], "orders": list(orders)}
+            "max_new_tokens": e["max_new_tokens"], "orders": orders}
     rd.write_parquet("results.parquet", table)
     rd.write_json("conditions.json", {c.name: {"kind": c.kind, "value": c.value, "mode": c.mode, "scope": c.scope,
                                                "neurons": {str(l): v for l, v in c.neurons.items()},
